@@ -1,0 +1,33 @@
+"""Runtime backends that latency is measured on.
+
+A backend turns (model, example inputs) into a zero-argument callable that performs one
+inference, so the timing loop is the same for every runtime. Backends that run something
+other than the eager model (an ONNX graph, a compiled graph) check that their outputs match
+eager PyTorch before they are timed: a fast wrong answer is not a measurement.
+"""
+
+from __future__ import annotations
+
+from prunekit.errors import BackendError
+from prunekit.measure.backends._base import Backend, check_parity
+from prunekit.measure.backends.compiled import CompileBackend
+from prunekit.measure.backends.eager import EagerBackend
+from prunekit.measure.backends.ort import OnnxRuntimeBackend
+
+BACKENDS: dict[str, type[Backend]] = {
+    "eager": EagerBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "compile": CompileBackend,
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BackendError(
+            f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}"
+        ) from None
+
+
+__all__ = ["BACKENDS", "Backend", "backend_class", "check_parity"]

@@ -1,0 +1,65 @@
+"""Turn the string a user typed into a model: the single entry point of every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import ModelSourceError
+from prunekit.models import callable_source, huggingface_source, torchvision_source
+from prunekit.models._loaded import LoadedModel
+
+_MODEL_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".onnx", ".safetensors", ".py")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        "/" in spec or "\\" in spec or spec.startswith(".") or spec.endswith(_MODEL_FILE_SUFFIXES)
+    )
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | None = None,
+    input_shapes: list[tuple[int, ...]] | None = None,
+    seq_len: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Resolve ``spec`` (torchvision name, ``module:callable``, ``file.py:callable`` or a
+    Hugging Face directory) to a model in eval mode plus the inputs to run it with.
+
+    ``input_shapes`` (batch dimension first) replaces the model's default inputs; ``weights``
+    is passed to torchvision (e.g. ``"DEFAULT"``); ``model_kwargs`` to a torchvision builder
+    or to the user's callable. Raises ``ModelSourceError`` with a one-line reason.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ModelSourceError("no model given")
+    if weights is not None and callable_source.looks_like_callable_spec(spec):
+        raise ModelSourceError("--weights applies to torchvision models only")
+    if callable_source.looks_like_callable_spec(spec):
+        return callable_source.build(spec, input_shapes=input_shapes, model_kwargs=model_kwargs)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if huggingface_source.is_hf_dir(path):
+            return huggingface_source.build(
+                path,
+                input_shapes=input_shapes,
+                seq_len=seq_len,
+                trust_remote_code=trust_remote_code,
+            )
+        raise ModelSourceError(
+            f"{path} is a directory but not a model directory: no config.json (Hugging Face)"
+        )
+    if path.is_file():
+        raise ModelSourceError(
+            f"{path} is a file; prunekit does not unpickle model files. Point it at a "
+            "function that builds the model and loads the weights: path/to/file.py:build_model"
+        )
+    if _looks_like_path(spec):
+        raise ModelSourceError(f"no such file or directory: {spec}")
+    return torchvision_source.build(
+        spec, weights=weights, input_shapes=input_shapes, model_kwargs=model_kwargs
+    )
