@@ -78,4 +78,6 @@ def _print_human(result: Any, loaded: Any, top: int | None) -> None:
     print(
         f"param bytes  {nbytes(result.param_bytes)} at {dtype}, {nbytes(result.int8_bytes)} at int8"
     )
-    print(f"buffers      {nbytes(result.buffer_bytes)} (e.g. BatchNorm running statistics)")
+    print(
+        f"buffers      {nbytes(result.buffer_bytes)} (non-trainable state: BatchNorm statistics, position ids, ...)"
+    )

@@ -27,6 +27,8 @@ def _transformers() -> Any:
         raise ModelSourceError(
             "loading a Hugging Face model directory needs transformers: pip install 'prunekit[hf]'"
         ) from None
+    # Its weight-loading progress bar would be noise on stderr, where one-line errors go.
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
