@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -10,8 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from prunekit.cli.main import main
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per worker: OpenMP threads of parallel workers spinning on the same
+    # cores slow every test down by an order of magnitude
+    torch.set_num_threads(1)
 
 
 @dataclass

@@ -240,3 +240,27 @@ def as_example_inputs(value: ExampleInputs | torch.Tensor | Sequence[Any] | Any)
         f"example inputs must be a tensor, a tuple of forward arguments, a dict of keyword "
         f"arguments or prunekit.inputs.ExampleInputs; got {type(value).__name__}"
     )
+
+
+def doubled(example: ExampleInputs) -> ExampleInputs:
+    """The same inputs with a batch of two: BatchNorm refuses one sample in training mode."""
+
+    def double(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t
+
+    return ExampleInputs(map_tensors(example.args, double), map_tensors(example.kwargs, double))
+
+
+def spec_from_dict(data: dict[str, Any]) -> InputSpec:
+    """Inverse of ``InputSpec.to_dict``."""
+    kind = data.get("kind")
+    if kind == "tensor":
+        return TensorSpec(tuple(tuple(s) for s in data["shapes"]), data.get("integer_high"))
+    if kind == "image_list":
+        c, h, w = data["image_shape"]
+        return ImageListSpec((c, h, w))
+    if kind == "tokens":
+        return TokenSpec(data["seq_len"], data["vocab_size"])
+    if kind == "keyword_tensor":
+        return KeywordTensorSpec(data["name"], tuple(data["shape"]))
+    raise InputSpecError(f"unknown input spec kind {kind!r}")

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from prunekit import __version__
-from prunekit.cli import analyze, bench, models
+from prunekit.cli import analyze, bench, models, prune
 
-COMMANDS = (analyze, bench, models)
+COMMANDS = (analyze, bench, prune, models)
 
 
 class _Parser(argparse.ArgumentParser):

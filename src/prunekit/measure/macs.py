@@ -24,7 +24,6 @@ models whose control flow depends on data (e.g. detection post-processing).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from prunekit._utils import describe_exception, module_device
+from prunekit._utils import describe_exception, meta_copy, module_device
 from prunekit.errors import ModelForwardError
 from prunekit.inputs import ExampleInputs, as_example_inputs, flatten_tensors
 
@@ -159,24 +158,6 @@ def _count_on(
     return counter, shapes
 
 
-def _meta_copy(model: nn.Module) -> nn.Module | None:
-    """A structural copy of ``model`` whose parameters and buffers live on ``meta``.
-
-    Pre-seeding deepcopy's memo with meta twins of every parameter and buffer means no weight
-    data is ever copied, so this is cheap even for models that fill the GPU.
-    """
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = b.detach().to("meta")
-    try:
-        return copy.deepcopy(model, memo)
-    except Exception as exc:  # a module that cannot be deep-copied: count for real instead
-        log.debug("meta copy failed (%s); counting with a real forward pass", exc)
-        return None
-
-
 def count_macs(
     model: nn.Module,
     inputs: ExampleInputs | torch.Tensor | tuple[Any, ...] | dict[str, Any],
@@ -192,7 +173,7 @@ def count_macs(
     result = None
     on_meta = False
     if use_meta:
-        meta_model = _meta_copy(model)
+        meta_model = meta_copy(model)
         if meta_model is not None:
             try:
                 result = _count_on(meta_model, example.to("meta"))

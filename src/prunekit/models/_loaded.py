@@ -20,11 +20,13 @@ class LoadedModel:
 
     model: nn.Module
     name: str
-    source: str  # "torchvision" | "callable" | "huggingface"
+    source: str  # "torchvision" | "callable" | "huggingface" | "artifact"
     input_spec: InputSpec
     task: str = "unknown"
     input_note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # how to build the original architecture again, as data (see prunekit.artifact)
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {

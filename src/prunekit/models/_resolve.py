@@ -43,6 +43,10 @@ def load_model(
         return callable_source.build(spec, input_shapes=input_shapes, model_kwargs=model_kwargs)
     path = Path(spec).expanduser()
     if path.is_dir():
+        if (path / "prunekit.json").is_file():
+            from prunekit.models import artifact_source
+
+            return artifact_source.build(path, input_shapes=input_shapes, seq_len=seq_len)
         if huggingface_source.is_hf_dir(path):
             return huggingface_source.build(
                 path,
@@ -51,7 +55,8 @@ def load_model(
                 trust_remote_code=trust_remote_code,
             )
         raise ModelSourceError(
-            f"{path} is a directory but not a model directory: no config.json (Hugging Face)"
+            f"{path} is a directory but not a model directory: no prunekit.json (prunekit "
+            "artifact) or config.json (Hugging Face)"
         )
     if path.is_file():
         raise ModelSourceError(

@@ -96,4 +96,5 @@ def build(
         input_spec=input_spec,
         task="unknown",
         input_note=note,
+        recipe={"kind": "callable", "spec": spec, "kwargs": model_kwargs or {}},
     )

@@ -110,4 +110,9 @@ def build(
         task="vision" if isinstance(spec, KeywordTensorSpec) else "text",
         input_note=note,
         details={"model_type": getattr(config, "model_type", None), "class": type(model).__name__},
+        recipe={
+            "kind": "huggingface",
+            "class": type(model).__name__,
+            "config": json.loads(config.to_json_string()),
+        },
     )

@@ -191,4 +191,5 @@ def build(
         task=task,
         input_note=note,
         details={"weights": weights},
+        recipe={"kind": "torchvision", "name": name, "kwargs": model_kwargs or {}},
     )

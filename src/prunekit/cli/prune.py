@@ -1,0 +1,176 @@
+"""``prunekit prune MODEL --ratio R | --target macs=F --out DIR``: physically remove channels."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "prune",
+        help="remove channels, neurons and attention heads; write a pruned artifact",
+        description="Structured pruning: trace the model's coupled channel groups, remove the "
+        "least important channels of each group (L1/L2 magnitude over the whole group), and "
+        "write the smaller model as an artifact directory (prunekit.json + model.safetensors) "
+        "with a prune.json record.",
+    )
+    add_model_arguments(parser)
+    amount = parser.add_mutually_exclusive_group(required=True)
+    amount.add_argument(
+        "--ratio",
+        type=float,
+        metavar="R",
+        help="fraction of each group's channels to remove, in [0, 1)",
+    )
+    amount.add_argument(
+        "--target",
+        metavar="macs=F",
+        help="keep this fraction of the MACs (e.g. macs=0.6), within 1%%",
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave this module untouched: a module name (and its submodules) or a regular "
+        "expression over module names; repeatable",
+    )
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep a multiple of N channels per group",
+    )
+    parser.add_argument("--importance", default="l1", choices=("l1", "l2"))
+    parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--json", action="store_true", help="print the prune.json record on stdout")
+    add_debug(parser)
+    parser.set_defaults(handler=run)
+
+
+def _parse_target(text: str) -> float:
+    from prunekit.errors import InputSpecError
+
+    key, _, value = text.partition("=")
+    if key.strip() != "macs" or not value:
+        raise InputSpecError(
+            f"--target {text!r}: expected macs=F, e.g. macs=0.6 (other budgets come with `prunekit plan`)"
+        )
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise InputSpecError(f"--target {text!r}: {value!r} is not a number") from None
+    if not 0 < fraction <= 1:
+        raise InputSpecError(f"--target {text!r}: the fraction of MACs to keep must be in (0, 1]")
+    return fraction
+
+
+def _patterns(values: list[str], module_names: set[str]) -> tuple[str, ...]:
+    """Module names stay names; anything else is a regular expression over module names."""
+    out = []
+    for v in values:
+        if v.startswith("re:") or v in module_names:
+            out.append(v)
+        else:
+            out.append("re:" + v)
+    return tuple(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunekit.artifact import ArtifactError, save
+    from prunekit.graph import trace_channels
+    from prunekit.measure.macs import count_macs
+    from prunekit.measure.params import count_params
+    from prunekit.pruning import StructuredPruning, check_groups, prune
+    from prunekit.pruning.target import search_ratio
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ArtifactError(
+            f"{out} already exists; choose another --out or pass --force to replace it"
+        )
+    target = _parse_target(args.target) if args.target else None
+    base = StructuredPruning(
+        ratio=args.ratio if args.ratio is not None else 0.0,
+        round_to=args.round_to,
+        importance=args.importance,
+    )
+    loaded = load_from_args(args)
+    model, example = loaded.model, loaded.input_spec.make(1)
+    names = {n for n, _ in model.named_modules() if n}
+    config = StructuredPruning(**{**base.to_dict(), "ignore": _patterns(args.ignore, names)})
+    config.check_patterns(sorted(names))
+    before_macs, before_params = count_macs(model, example).total, count_params(model).params
+
+    start = time.perf_counter()
+    graph = trace_channels(model, example)
+    trace_s = time.perf_counter() - start
+    check_groups(model, example, graph)
+    search = None
+    if target is not None:
+        search = search_ratio(model, example, graph, config, target)
+        config = search.config
+    start = time.perf_counter()
+    result = prune(model, example, config, graph=graph)
+    prune_s = time.perf_counter() - start
+    after_macs, after_params = count_macs(model, example).total, count_params(model).params
+
+    record = {
+        "model": loaded.name,
+        "source": loaded.to_dict(),
+        "config": config.to_dict(),
+        "target": {"macs": target, "probes": search.probes if search else []}
+        if target is not None
+        else None,
+        "before": {"macs": before_macs, "params": before_params},
+        "after": {"macs": after_macs, "params": after_params},
+        "kept": {
+            "macs": after_macs / before_macs if before_macs else 1.0,
+            "params": after_params / before_params,
+        },
+        "timing_s": {"trace": trace_s, "prune": prune_s},
+        **result.to_dict(),
+    }
+    save(model, out, recipe=loaded.recipe, input_spec=loaded.input_spec, task=loaded.task,
+         extra_files={"prune.json": record}, force=args.force)  # fmt: skip
+    if args.json:
+        print_json(record)
+        return 0
+    print(f"{loaded.name}: {graph.summary().splitlines()[0]}")
+    if search is not None:
+        print(
+            f"ratio {config.ratio:.4f}{' with per-group adjustments' if config.ratios else ''} keeps {search.kept_fraction:.2%} of the MACs (target {target:.0%})"
+        )
+    _print_human(record, out)
+    return 0
+
+
+def _print_human(record: dict[str, Any], out: Any) -> None:
+    from prunekit.cli._format import si, table
+
+    b, a = record["before"], record["after"]
+    rows = [
+        [
+            "MACs",
+            si(b["macs"]),
+            si(a["macs"]),
+            f"{a['macs'] / b['macs']:.1%}" if b["macs"] else "-",
+        ],
+        ["parameters", f"{b['params']:,}", f"{a['params']:,}", f"{a['params'] / b['params']:.1%}"],
+    ]
+    print(table(["", "before", "after", "kept"], rows, right=[False, True, True, True]))
+    groups = record["groups"]
+    print(
+        f"\npruned {len(groups)} groups ({sum(g['total'] - g['kept'] for g in groups):,} channels/heads removed)"
+    )
+    for name, why in record["skipped"].items():
+        print(f"left unpruned: {name} ({why})")
+    print(f"wrote {out}/ (prunekit.json, model.safetensors, prune.json)")

@@ -1,0 +1,157 @@
+"""Coupled channel groups: what must be cut together, derived by running the model once.
+
+``trace_channels(model, inputs)`` returns a ``ChannelGraph``: the groups of channels that
+can be pruned, each made of atoms (slices of parameters removed together), and everything
+that could not be pruned with the reason (the operation and module that prevented it).
+
+The model is traced on a ``meta``-device copy (no computation, no memory, and the user's
+model is never touched), in eval mode and, when that works too, in train mode, so that
+branches that only run in training (auxiliary classifiers) are coupled as well. Models whose
+control flow depends on values (detection post-processing) are traced for real in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._utils import describe_exception, meta_copy
+from prunekit.errors import ModelForwardError
+from prunekit.graph._context import RuleContext, UniformRequirement
+from prunekit.graph._groups import Group, Member, build_groups
+from prunekit.graph._labels import LabelSpace
+from prunekit.graph._registry import register_function_rule, register_module_rule
+from prunekit.graph._trace import run_traced
+
+# Rules register themselves on import.
+from prunekit.graph.rules import attention, contract, elementwise, indexing, normalize, shape  # noqa: F401
+from prunekit.inputs import ExampleInputs, as_example_inputs, doubled
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ChannelGraph",
+    "Group",
+    "Member",
+    "register_function_rule",
+    "register_module_rule",
+    "trace_channels",
+]
+
+
+@dataclass
+class ChannelGraph:
+    groups: list[Group]
+    unsupported: Counter[str] = field(default_factory=Counter)
+    rule_errors: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: bool = False  # groups were rehearsed for hard-coded sizes (see prunekit.pruning)
+
+    @property
+    def on_meta(self) -> bool:
+        """Traced (and rehearsable) on the meta device."""
+        return not any("real forward" in n for n in self.notes)
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def group_of(self, module_name: str) -> list[Group]:
+        return [g for g in self.groups if module_name in g.modules]
+
+    def summary(self) -> str:
+        prunable = self.prunable
+        exact = sum(g.exact for g in prunable)
+        stuck = [g for g in self.groups if g.size > 1 and not g.prunable]
+        lines = [
+            f"{len(prunable)} prunable groups ({exact} exact, {len(prunable) - exact} mixing), "
+            f"{len(stuck)} not prunable; traced in {' and '.join(self.modes)} mode"
+        ]
+        for reason, count in self.unsupported.most_common(10):
+            lines.append(f"  unsupported: {reason} (x{count})")
+        lines += [f"  rule error: {e}" for e in self.rule_errors[:10]]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _tensor_names(model: nn.Module) -> dict[int, tuple[str, bool]]:
+    names: dict[int, tuple[str, bool]] = {}
+    for name, p in model.named_parameters():
+        names.setdefault(id(p), (name, False))
+    for name, b in model.named_buffers():
+        if b.is_floating_point():
+            names.setdefault(id(b), (name, True))
+    return names
+
+
+@dataclass
+class _Run:
+    space: LabelSpace
+    params: dict[str, Any]
+    uniform: list[UniformRequirement] = field(default_factory=list)
+    unsupported: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def trace(self, model: nn.Module, example: ExampleInputs, train: bool) -> None:
+        ctx = RuleContext(self.space, _tensor_names(model), _param_labels=self.params)
+        was_training = model.training
+        model.train(train)
+        try:
+            tracer = run_traced(model, ctx, example.args, example.kwargs)
+        finally:
+            model.train(was_training)
+        self.uniform += ctx.uniform
+        self.unsupported.update(tracer.unsupported)
+        self.errors += tracer.rule_errors
+
+
+def trace_channels(
+    model: nn.Module,
+    inputs: ExampleInputs | torch.Tensor | tuple[Any, ...] | dict[str, Any],
+    *,
+    train_mode: bool = True,
+) -> ChannelGraph:
+    """Derive the coupled channel groups of ``model`` called on ``inputs``.
+
+    ``model`` is left unchanged. ``train_mode=False`` skips the extra training-mode trace.
+    Raises ``ModelForwardError`` if the model cannot run on ``inputs`` at all.
+    """
+    example = as_example_inputs(inputs)
+    run = _Run(LabelSpace(), {})
+    modes, notes = [], []
+    copy = meta_copy(model)
+    meta_example = example.to("meta")
+    if copy is not None:
+        try:
+            run.trace(copy, meta_example, train=False)
+            modes.append("eval")
+        except Exception as exc:
+            log.debug("meta trace failed: %s", exc)
+            run = _Run(LabelSpace(), {})
+    if not modes:
+        notes.append("traced with a real forward pass (the model does not run on the meta device)")
+        try:
+            run.trace(model, example, train=False)
+        except Exception as exc:
+            raise ModelForwardError(
+                f"the forward pass failed on inputs {example.describe()}: {describe_exception(exc)}"
+            ) from exc
+        modes.append("eval")
+    if train_mode and copy is not None and "eval" in modes and not notes:
+        snapshot = _Run(run.space, run.params)
+        try:
+            snapshot.trace(copy, doubled(meta_example), train=True)
+            run.uniform += snapshot.uniform
+            run.unsupported.update(snapshot.unsupported)
+            run.errors += snapshot.errors
+            modes.append("train")
+        except Exception as exc:
+            notes.append(f"train-mode trace skipped ({describe_exception(exc)})")
+    groups = build_groups(run.space, run.uniform)
+    return ChannelGraph(groups, run.unsupported, run.errors, modes, notes)

@@ -1,0 +1,197 @@
+"""Structured pruning: score -> select -> apply, on the groups ``prunekit.graph`` derives.
+
+``prune(model, inputs, StructuredPruning(ratio=0.3))`` removes channels in place and returns a
+``PruneResult``. Before touching the model, the removal is rehearsed on a ``meta`` copy (no
+memory, no computation); a group whose removal breaks the forward pass (a size hard-coded in
+the model's Python code) is left unpruned and reported, never half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._utils import describe_exception, meta_copy
+from prunekit.graph import ChannelGraph, trace_channels
+from prunekit.inputs import ExampleInputs, as_example_inputs, doubled
+from prunekit.pruning._sync import register_sync
+from prunekit.pruning._tensors import named_tensors
+from prunekit.pruning.config import PruneConfigError, StructuredPruning, matches
+from prunekit.pruning.select import GroupPlan, plan_group, plan_pruning, producers
+from prunekit.pruning.surgery import SurgeryRecord, remove_atoms
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GroupPlan",
+    "PruneConfigError",
+    "PruneResult",
+    "StructuredPruning",
+    "check_groups",
+    "matches",
+    "prune",
+    "register_sync",
+]
+
+
+@dataclass
+class PruneResult:
+    graph: ChannelGraph
+    plans: list[GroupPlan]
+    surgery: SurgeryRecord
+    skipped: dict[str, str] = field(default_factory=dict)  # group -> why it was left alone
+
+    @property
+    def removed_atoms(self) -> int:
+        return sum(len(p.remove) for p in self.plans)
+
+    def groups_table(
+        self, tensors: Mapping[str, torch.Tensor] | None = None
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for p in self.plans:
+            rows.append(
+                {
+                    "group": p.group.name,
+                    "kept": p.kept,
+                    "total": p.group.size,
+                    "ratio": p.ratio,
+                    "exact": p.group.exact,
+                    "producers": producers(p.group, tensors)
+                    if tensors is not None
+                    else p.group.modules,
+                }
+            )
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "groups": self.groups_table(),
+            "skipped": self.skipped,
+            "shapes": {k: {"before": v[0], "after": v[1]} for k, v in self.surgery.shapes.items()},
+            "graph": {
+                "prunable_groups": len(self.graph.prunable),
+                "unsupported": dict(self.graph.unsupported),
+                "modes": self.graph.modes,
+                "notes": self.graph.notes,
+            },
+        }
+
+
+def _runs(model: nn.Module, example: ExampleInputs, modes: list[str]) -> Exception | None:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            for mode in modes:
+                model.train(mode == "train")
+                batch = example if mode == "eval" else doubled(example)
+                batch.call(model)
+    except Exception as exc:
+        return exc
+    finally:
+        model.train(was_training)
+    return None
+
+
+def _rehearse(
+    model: nn.Module, example: ExampleInputs, plans: list[GroupPlan], modes: list[str]
+) -> Exception | None:
+    """Apply ``plans`` to a meta copy and run it: the error it raises, or None."""
+    copy = meta_copy(model)
+    if copy is None:
+        return None
+    remove_atoms(copy, [(p.group, p.remove) for p in plans])
+    return _runs(copy, example.to("meta"), modes)
+
+
+def _culprits(
+    model: nn.Module, example: ExampleInputs, plans: list[GroupPlan], modes: list[str]
+) -> dict[int, str]:
+    """Bisect ``plans`` down to those whose removal breaks the forward pass (id -> error)."""
+    found: dict[int, str] = {}
+
+    def search(subset: list[GroupPlan], error: Exception | None) -> None:
+        if error is None:
+            return
+        if len(subset) == 1:
+            found[id(subset[0])] = describe_exception(error)
+            return
+        half = len(subset) // 2
+        first = _rehearse(model, example, subset[:half], modes)
+        search(subset[:half], first)
+        # if the first half runs, the failure is in the second: no need to rehearse it whole
+        rest = error if first is None else _rehearse(model, example, subset[half:], modes)
+        search(subset[half:], rest)
+
+    search(plans, _rehearse(model, example, plans, modes))
+    return found
+
+
+def check_groups(model: nn.Module, example: ExampleInputs, graph: ChannelGraph) -> None:
+    """Find groups whose removal breaks the forward pass, once per graph; mark them unsafe.
+
+    A size hard-coded in Python (``x.reshape(B, G, P, D)`` with ``D`` read from another
+    tensor) is invisible to tracing; removing one channel of every group on a meta copy and
+    bisecting the failures finds such groups in a few meta-device runs.
+    """
+    if graph.checked or not graph.on_meta:
+        return
+    probe = [plan_group(g, count=1) for g in graph.prunable]
+    probe = [p for p in probe if len(p.remove)]
+    bad = _culprits(model, example, probe, ["eval"])
+    for p in probe:
+        if id(p) in bad:
+            p.group.unsafe = bad[id(p)]
+            log.info("group %s cannot be pruned: %s", p.group.name, bad[id(p)])
+    graph.checked = True
+
+
+def prune(
+    model: nn.Module,
+    inputs: ExampleInputs | torch.Tensor | tuple[Any, ...] | dict[str, Any],
+    config: StructuredPruning | None = None,
+    *,
+    graph: ChannelGraph | None = None,
+    **settings: Any,
+) -> PruneResult:
+    """Remove channels from ``model`` in place according to ``config`` (or ``**settings``,
+    the fields of ``StructuredPruning``). ``inputs`` are example inputs for one forward pass.
+    """
+    if config is None:
+        config = StructuredPruning(**settings)
+    elif settings:
+        raise PruneConfigError(
+            "pass either a StructuredPruning config or keyword settings, not both"
+        )
+    config.check_patterns([n for n, _ in model.named_modules() if n])
+    example = as_example_inputs(inputs)
+    graph = graph or trace_channels(model, example)
+    tensors = named_tensors(model)
+    check_groups(model, example, graph)
+    plans = [p for p in plan_pruning(graph, tensors, config) if len(p.remove)]
+    skipped = {g.name: g.unsafe for g in graph.groups if g.unsafe is not None}
+    if graph.on_meta and plans:
+        bad = _culprits(model, example, plans, graph.modes)
+        for p in plans:
+            if id(p) in bad:
+                skipped[p.group.name] = bad[id(p)]
+                log.warning(
+                    "left group %s unpruned: removing its channels breaks the forward pass (%s)",
+                    p.group.name,
+                    bad[id(p)],
+                )
+        plans = [p for p in plans if id(p) not in bad]
+    record = remove_atoms(model, [(p.group, p.remove) for p in plans])
+    if not graph.on_meta:
+        error = _runs(model, example, graph.modes)
+        if error is not None:
+            raise RuntimeError(
+                f"pruning broke the forward pass ({describe_exception(error)}); the model is "
+                "left partially pruned. Please report this model to prunekit."
+            ) from error
+    return PruneResult(graph, plans, record, skipped)
