@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._utils import describe_exception, meta_copy
+from prunekit._utils import describe_exception, swapped_to_meta, without_gc
 from prunekit.errors import ModelForwardError
 from prunekit.graph._context import RuleContext, UniformRequirement
 from prunekit.graph._groups import Group, Member, build_groups
@@ -52,11 +52,10 @@ class ChannelGraph:
     modes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     checked: bool = False  # groups were rehearsed for hard-coded sizes (see prunekit.pruning)
-
-    @property
-    def on_meta(self) -> bool:
-        """Traced (and rehearsable) on the meta device."""
-        return not any("real forward" in n for n in self.notes)
+    on_meta: bool = True  # traced, and can be rehearsed, on the meta device
+    # a meta-device copy for rehearsals, made on first need (see prunekit.pruning)
+    meta_model: nn.Module | None = field(default=None, repr=False)
+    meta_index: Any = field(default=None, repr=False)  # its prunekit.pruning.surgery.ModelIndex
 
     @property
     def prunable(self) -> list[Group]:
@@ -97,6 +96,7 @@ class _Run:
     uniform: list[UniformRequirement] = field(default_factory=list)
     unsupported: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    executed: set[str] = field(default_factory=set)
 
     def trace(self, model: nn.Module, example: ExampleInputs, train: bool) -> None:
         ctx = RuleContext(self.space, _tensor_names(model), _param_labels=self.params)
@@ -109,8 +109,15 @@ class _Run:
         self.uniform += ctx.uniform
         self.unsupported.update(tracer.unsupported)
         self.errors += tracer.rule_errors
+        self.executed |= tracer.executed
 
 
+def _trace_on_meta(run: _Run, model: nn.Module, example: ExampleInputs, train: bool) -> None:
+    with swapped_to_meta(model):
+        run.trace(model, example.to("meta"), train=train)
+
+
+@without_gc
 def trace_channels(
     model: nn.Module,
     inputs: ExampleInputs | torch.Tensor | tuple[Any, ...] | dict[str, Any],
@@ -125,16 +132,12 @@ def trace_channels(
     example = as_example_inputs(inputs)
     run = _Run(LabelSpace(), {})
     modes, notes = [], []
-    copy = meta_copy(model)
-    meta_example = example.to("meta")
-    if copy is not None:
-        try:
-            run.trace(copy, meta_example, train=False)
-            modes.append("eval")
-        except Exception as exc:
-            log.debug("meta trace failed: %s", exc)
-            run = _Run(LabelSpace(), {})
-    if not modes:
+    try:
+        _trace_on_meta(run, model, example, train=False)
+        modes.append("eval")
+    except Exception as exc:
+        log.debug("meta trace failed: %s", exc)
+        run = _Run(LabelSpace(), {})
         notes.append("traced with a real forward pass (the model does not run on the meta device)")
         try:
             run.trace(model, example, train=False)
@@ -143,10 +146,17 @@ def trace_channels(
                 f"the forward pass failed on inputs {example.describe()}: {describe_exception(exc)}"
             ) from exc
         modes.append("eval")
-    if train_mode and copy is not None and "eval" in modes and not notes:
+    on_meta = not notes
+    idle = [  # modules none of whose parameters the eval trace touched
+        n for n, m in model.named_modules()
+        if any(True for _ in m.parameters(False))
+        and not any((f"{n}.{p}" if n else p) in run.params for p, _ in m.named_parameters(recurse=False))
+    ]  # fmt: skip
+    if train_mode and on_meta and idle:
+        # modules that only run in training (auxiliary heads) must be coupled too
         snapshot = _Run(run.space, run.params)
         try:
-            snapshot.trace(copy, doubled(meta_example), train=True)
+            _trace_on_meta(snapshot, model, doubled(example), train=True)
             run.uniform += snapshot.uniform
             run.unsupported.update(snapshot.unsupported)
             run.errors += snapshot.errors
@@ -154,4 +164,4 @@ def trace_channels(
         except Exception as exc:
             notes.append(f"train-mode trace skipped ({describe_exception(exc)})")
     groups = build_groups(run.space, run.uniform)
-    return ChannelGraph(groups, run.unsupported, run.errors, modes, notes)
+    return ChannelGraph(groups, run.unsupported, run.errors, modes, notes, on_meta=on_meta)

@@ -38,7 +38,11 @@ class Member:
 
     def indices(self, atoms: np.ndarray) -> np.ndarray:
         """Indices of this dimension that belong to ``atoms`` (group-local ids)."""
-        return np.flatnonzero(np.isin(self.atom, atoms))
+        return self.select(_mask(atoms, int(self.atom.max()) + 1))
+
+    def select(self, chosen: np.ndarray) -> np.ndarray:
+        """Indices whose atom is set in the boolean array ``chosen`` (indexed by atom)."""
+        return np.flatnonzero(chosen[self.atom])
 
 
 @dataclass
@@ -86,12 +90,19 @@ class Group:
 
     def slices(self, atoms: np.ndarray) -> list[tuple[Member, np.ndarray]]:
         """(member, indices) owned by ``atoms``, for every member that has some."""
+        chosen = _mask(atoms, self.size)
         found = []
         for m in self.members:
-            idx = m.indices(atoms)
+            idx = m.select(chosen)
             if idx.size:
                 found.append((m, idx))
         return found
+
+
+def _mask(atoms: np.ndarray, size: int) -> np.ndarray:
+    chosen = np.zeros(size, dtype=bool)
+    chosen[np.asarray(atoms, dtype=np.int64)] = True
+    return chosen
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -149,10 +160,9 @@ def build_groups(space: LabelSpace, uniform: list[UniformRequirement]) -> list[G
     members = [(m, atom_of[m.labels]) for m in space.members]
     members = [(m, atoms) for m, atoms in members if not ignored[atoms].all()]
     ea, eb = [], []
-    for _, atoms in members:
-        uniq = np.unique(atoms)
-        ea.append(np.full(uniq.size - 1, uniq[0]))
-        eb.append(uniq[1:])
+    for _, atoms in members:  # every atom of a member joins the member's first atom
+        ea.append(np.full(atoms.size - 1, atoms[0]))
+        eb.append(atoms[1:])
     empty = np.zeros(0, dtype=np.int64)
     group_of = _components(
         n, np.concatenate(ea) if ea else empty, np.concatenate(eb) if eb else empty

@@ -105,22 +105,24 @@ class LabelSpace:
         A labelled position facing an unlabelled one cannot be removed consistently: the
         labelled side is blocked with ``reason``.
         """
-        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
-        both = (a >= 0) & (b >= 0) & (a != b)
+        a, b = np.asarray(a), np.asarray(b)
+        expanded = a.shape != b.shape
+        a, b = np.broadcast_arrays(a, b)
+        has_a, has_b = a >= 0, b >= 0
+        both = has_a & has_b & (a != b)
         if both.any():
-            self._add_edges(a[both].ravel(), b[both].ravel())
-        lonely = np.concatenate([a[(a >= 0) & (b < 0)].ravel(), b[(b >= 0) & (a < 0)].ravel()])
-        if lonely.size:
-            self.block(lonely, reason)
+            self._add_edges(a[both], b[both], dedupe=expanded)
+        if not (has_a == has_b).all():
+            self.block(np.concatenate([a[has_a & ~has_b], b[has_b & ~has_a]]), reason)
 
-    def _add_edges(self, a: np.ndarray, b: np.ndarray) -> None:
+    def _add_edges(self, a: np.ndarray, b: np.ndarray, dedupe: bool = True) -> None:
         # broadcast views repeat the same pair many times (a head label against every
         # attention score of that head): keep each pair once
-        if a.size > 64:
+        if dedupe and a.size > 64:
             keys = np.unique((a.astype(np.int64) << 32) | b.astype(np.int64))
             a, b = keys >> 32, keys & 0xFFFFFFFF
-        self._edges_a.append(a)
-        self._edges_b.append(b)
+        self._edges_a.append(a.ravel())
+        self._edges_b.append(b.ravel())
 
     def union_all(self, labels: np.ndarray) -> None:
         """Couple every label in ``labels`` into one atom."""
@@ -129,12 +131,12 @@ class LabelSpace:
             self._add_edges(np.full(flat.size - 1, flat[0]), flat[1:])
 
     def block(self, labels: np.ndarray, reason: str) -> None:
-        flat = np.unique(np.asarray(labels)[np.asarray(labels) >= 0])
+        flat = np.asarray(labels)[np.asarray(labels) >= 0].ravel()
         if flat.size:
             self.blocked.append((flat, reason))
 
     def mix(self, labels: np.ndarray, reason: str) -> None:
-        flat = np.unique(np.asarray(labels)[np.asarray(labels) >= 0])
+        flat = np.asarray(labels)[np.asarray(labels) >= 0].ravel()
         if flat.size:
             self.mixing.append((flat, reason))
 

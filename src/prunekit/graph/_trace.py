@@ -17,6 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit.graph._context import RuleContext, tensors_in
+from prunekit.graph._fast_meta import fast_meta_norm
 from prunekit.graph._registry import function_rule_for, module_rule_for
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,13 @@ class _Tracer(TorchFunctionMode):
         self.atomic_depth = 0
         self.unsupported: Counter[str] = Counter()
         self.rule_errors: list[str] = []
+        self.executed: set[str] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = fast_meta_norm(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
         if self.atomic_depth:
             return out
         name = op_name(func)
@@ -114,6 +118,7 @@ def _install_hooks(model: nn.Module, tracer: _Tracer) -> list[Any]:
 
         def pre(m: nn.Module, args: Any, kwargs: Any, where: str = where, rule: Any = rule) -> None:
             tracer.stack.append(where)
+            tracer.executed.add(where)
             if rule is not None:
                 if tracer.atomic_depth == 0:
                     atomic_calls[id(m)] = (args, kwargs)

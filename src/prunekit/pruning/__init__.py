@@ -1,9 +1,10 @@
 """Structured pruning: score -> select -> apply, on the groups ``prunekit.graph`` derives.
 
 ``prune(model, inputs, StructuredPruning(ratio=0.3))`` removes channels in place and returns a
-``PruneResult``. Before touching the model, the removal is rehearsed on a ``meta`` copy (no
-memory, no computation); a group whose removal breaks the forward pass (a size hard-coded in
-the model's Python code) is left unpruned and reported, never half-applied.
+``PruneResult``. After the surgery the model runs once on the ``meta`` device (shapes only, no
+arithmetic); if that fails, a size is hard-coded in the model's Python code: the surgery is
+undone, the groups responsible are found by bisection on a meta copy, left unpruned and
+reported, and the rest is applied again. A model is never left half-pruned.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._utils import describe_exception, meta_copy
+from prunekit._utils import describe_exception, meta_copy, swapped_to_meta, without_gc
 from prunekit.graph import ChannelGraph, trace_channels
+from prunekit.graph._fast_meta import FastMetaNorms
 from prunekit.inputs import ExampleInputs, as_example_inputs, doubled
 from prunekit.pruning._sync import register_sync
 from prunekit.pruning._tensors import named_tensors
 from prunekit.pruning.config import PruneConfigError, StructuredPruning, matches
 from prunekit.pruning.select import GroupPlan, plan_group, plan_pruning, producers
-from prunekit.pruning.surgery import SurgeryRecord, remove_atoms
+from prunekit.pruning.surgery import ModelIndex, SurgeryRecord, remove_atoms
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,10 @@ class PruneResult:
 
 
 def _runs(model: nn.Module, example: ExampleInputs, modes: list[str]) -> Exception | None:
+    """Run ``model`` in each mode; the error it raises, or None."""
     was_training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FastMetaNorms():
             for mode in modes:
                 model.train(mode == "train")
                 batch = example if mode == "eval" else doubled(example)
@@ -98,21 +101,45 @@ def _runs(model: nn.Module, example: ExampleInputs, modes: list[str]) -> Excepti
     return None
 
 
+def _rehearsal_copy(model: nn.Module, graph: ChannelGraph) -> nn.Module | None:
+    """The meta copy rehearsals run on, made once per graph and undone after each use."""
+    if graph.meta_model is None:
+        graph.meta_model = meta_copy(model)
+        if graph.meta_model is not None:
+            graph.meta_index = ModelIndex.of(graph.meta_model)
+    return graph.meta_model
+
+
 def _rehearse(
-    model: nn.Module, example: ExampleInputs, plans: list[GroupPlan], modes: list[str]
+    model: nn.Module,
+    graph: ChannelGraph,
+    example: ExampleInputs,
+    plans: list[GroupPlan],
+    modes: list[str],
 ) -> Exception | None:
-    """Apply ``plans`` to a meta copy and run it: the error it raises, or None."""
-    copy = meta_copy(model)
-    if copy is None:
+    """Apply ``plans`` to a meta copy, run it, undo: the error it raised, or None."""
+    meta = _rehearsal_copy(model, graph)
+    if meta is None:
         return None
-    remove_atoms(copy, [(p.group, p.remove) for p in plans])
-    return _runs(copy, example.to("meta"), modes)
+    record = remove_atoms(meta, [(p.group, p.remove) for p in plans], graph.meta_index)
+    try:
+        return _runs(meta, example, modes)
+    finally:
+        record.undo()
 
 
 def _culprits(
-    model: nn.Module, example: ExampleInputs, plans: list[GroupPlan], modes: list[str]
+    model: nn.Module,
+    graph: ChannelGraph,
+    example: ExampleInputs,
+    plans: list[GroupPlan],
+    modes: list[str],
+    error: Exception | None = None,
 ) -> dict[int, str]:
-    """Bisect ``plans`` down to those whose removal breaks the forward pass (id -> error)."""
+    """Bisect ``plans`` down to those whose removal breaks the forward pass (id -> error).
+
+    ``error`` is the failure of all ``plans`` together, if already known.
+    """
     found: dict[int, str] = {}
 
     def search(subset: list[GroupPlan], error: Exception | None) -> None:
@@ -122,13 +149,13 @@ def _culprits(
             found[id(subset[0])] = describe_exception(error)
             return
         half = len(subset) // 2
-        first = _rehearse(model, example, subset[:half], modes)
+        first = _rehearse(model, graph, example, subset[:half], modes)
         search(subset[:half], first)
         # if the first half runs, the failure is in the second: no need to rehearse it whole
-        rest = error if first is None else _rehearse(model, example, subset[half:], modes)
+        rest = error if first is None else _rehearse(model, graph, example, subset[half:], modes)
         search(subset[half:], rest)
 
-    search(plans, _rehearse(model, example, plans, modes))
+    search(plans, error or _rehearse(model, graph, example, plans, modes))
     return found
 
 
@@ -143,7 +170,7 @@ def check_groups(model: nn.Module, example: ExampleInputs, graph: ChannelGraph) 
         return
     probe = [plan_group(g, count=1) for g in graph.prunable]
     probe = [p for p in probe if len(p.remove)]
-    bad = _culprits(model, example, probe, ["eval"])
+    bad = _culprits(model, graph, example.to("meta"), probe, ["eval"])
     for p in probe:
         if id(p) in bad:
             p.group.unsafe = bad[id(p)]
@@ -151,6 +178,15 @@ def check_groups(model: nn.Module, example: ExampleInputs, graph: ChannelGraph) 
     graph.checked = True
 
 
+def _verify(model: nn.Module, example: ExampleInputs, graph: ChannelGraph) -> Exception | None:
+    """Run the pruned model once, shapes only when possible: the error it raises, or None."""
+    if not graph.on_meta:
+        return _runs(model, example, graph.modes)
+    with swapped_to_meta(model):
+        return _runs(model, example.to("meta"), graph.modes)
+
+
+@without_gc
 def prune(
     model: nn.Module,
     inputs: ExampleInputs | torch.Tensor | tuple[Any, ...] | dict[str, Any],
@@ -172,26 +208,29 @@ def prune(
     example = as_example_inputs(inputs)
     graph = graph or trace_channels(model, example)
     tensors = named_tensors(model)
-    check_groups(model, example, graph)
     plans = [p for p in plan_pruning(graph, tensors, config) if len(p.remove)]
     skipped = {g.name: g.unsafe for g in graph.groups if g.unsafe is not None}
-    if graph.on_meta and plans:
-        bad = _culprits(model, example, plans, graph.modes)
+    record = remove_atoms(model, [(p.group, p.remove) for p in plans])
+    error = _verify(model, example, graph) if plans else None
+    if error is not None and graph.on_meta:
+        # something in the model's code hard-codes a size: undo, find the groups, leave them
+        record.undo()
+        bad = _culprits(model, graph, example.to("meta"), plans, graph.modes, error)
         for p in plans:
             if id(p) in bad:
-                skipped[p.group.name] = bad[id(p)]
+                p.group.unsafe = skipped[p.group.name] = bad[id(p)]
                 log.warning(
                     "left group %s unpruned: removing its channels breaks the forward pass (%s)",
                     p.group.name,
                     bad[id(p)],
                 )
         plans = [p for p in plans if id(p) not in bad]
-    record = remove_atoms(model, [(p.group, p.remove) for p in plans])
-    if not graph.on_meta:
-        error = _runs(model, example, graph.modes)
-        if error is not None:
-            raise RuntimeError(
-                f"pruning broke the forward pass ({describe_exception(error)}); the model is "
-                "left partially pruned. Please report this model to prunekit."
-            ) from error
+        record = remove_atoms(model, [(p.group, p.remove) for p in plans])
+        error = _verify(model, example, graph)
+    if error is not None:
+        record.undo()
+        raise RuntimeError(
+            f"pruning broke the forward pass ({describe_exception(error)}); the model was "
+            "restored unchanged. Please report this model to prunekit."
+        ) from error
     return PruneResult(graph, plans, record, skipped)

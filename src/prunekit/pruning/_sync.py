@@ -34,12 +34,23 @@ def register_sync(module_type: type) -> Callable[[Sync], Sync]:
     return decorate
 
 
-def sync_module(module: nn.Module) -> None:
-    for cls in type(module).__mro__:
-        fn = SYNCS.get(cls)
+def _sync_for(cls: type) -> Sync | None:
+    for base in cls.__mro__:
+        fn = SYNCS.get(base)
         if fn is not None:
-            fn(module)
-            break
+            return fn
+    return None
+
+
+def needs_sync(module: nn.Module) -> bool:
+    """Whether ``sync_module`` would do anything (most containers need nothing)."""
+    return _sync_for(type(module)) is not None or _looks_like_hf_attention(module)
+
+
+def sync_module(module: nn.Module) -> None:
+    fn = _sync_for(type(module))
+    if fn is not None:
+        fn(module)
     _sync_hf_attention(module)
 
 
@@ -132,6 +143,12 @@ def _vit_block(m: Any) -> None:
 
 
 _HF_QUERY = ("query", "q_lin", "q_proj")
+
+
+def _looks_like_hf_attention(m: nn.Module) -> bool:
+    return isinstance(getattr(m, "attention_head_size", getattr(m, "head_dim", None)), int) and any(
+        isinstance(getattr(m, n, None), nn.Linear) for n in _HF_QUERY
+    )
 
 
 def _sync_hf_attention(m: nn.Module) -> None:

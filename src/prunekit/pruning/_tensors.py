@@ -31,9 +31,14 @@ def aliases(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 
 
 def replace_tensor(
-    holders: list[tuple[nn.Module, str]], old: torch.Tensor, new: torch.Tensor
+    holders: list[tuple[nn.Module, str]],
+    old: torch.Tensor,
+    new: torch.Tensor,
+    keep_object: bool = False,
 ) -> torch.Tensor:
-    if isinstance(old, nn.Parameter):
+    """Put ``new`` wherever ``old`` is held; a parameter stays a parameter (a fresh one,
+    unless ``keep_object``: putting the original object back)."""
+    if isinstance(old, nn.Parameter) and not keep_object:
         new = nn.Parameter(new, requires_grad=old.requires_grad)
     for module, attr in holders:
         if attr in module._parameters:

@@ -18,21 +18,39 @@ import torch
 from prunekit.graph import Group
 
 
-def per_index_norm(t: torch.Tensor, dim: int, kind: str) -> np.ndarray:
-    x = t.detach().float().movedim(dim, 0).reshape(t.shape[dim], -1)
-    values = x.abs().sum(1) if kind == "l1" else x.pow(2).sum(1).sqrt()
+def per_index_norm(
+    t: torch.Tensor, dim: int, kind: str, cache: dict[int, torch.Tensor] | None = None
+) -> np.ndarray:
+    """L1 (sum of |w|) or L2 norm of every slice of ``t`` along ``dim``."""
+    magnitude = cache.get(id(t)) if cache is not None else None
+    if magnitude is None:
+        x = t.detach().float()
+        magnitude = x.abs() if kind == "l1" else x * x
+        if cache is not None:
+            cache[id(t)] = magnitude
+    others = [d for d in range(t.dim()) if d != dim]
+    values = magnitude.sum(dim=others) if others else magnitude
+    if kind == "l2":
+        values = values.sqrt()
     return values.cpu().numpy().astype(np.float64)
 
 
-def atom_scores(group: Group, tensors: Mapping[str, torch.Tensor], kind: str = "l1") -> np.ndarray:
-    """One score per atom of ``group`` (group-local order); higher means more important."""
+def atom_scores(
+    group: Group,
+    tensors: Mapping[str, torch.Tensor],
+    kind: str = "l1",
+    cache: dict[int, torch.Tensor] | None = None,
+) -> np.ndarray:
+    """One score per atom of ``group`` (group-local order); higher means more important.
+
+    ``cache`` keeps each tensor's |w| (or w^2) across groups: a conv weight serves two.
+    """
     scores = np.zeros(group.size)
     for m in group.members:
         if m.is_buffer:
             continue
-        per_atom = np.bincount(
-            m.atom, weights=per_index_norm(tensors[m.owner], m.dim, kind), minlength=group.size
-        )
+        norms = per_index_norm(tensors[m.owner], m.dim, kind, cache)
+        per_atom = np.bincount(m.atom, weights=norms, minlength=group.size)
         positive = per_atom[per_atom > 0]
         if positive.size:
             scores += per_atom / positive.mean()

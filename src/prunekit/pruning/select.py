@@ -53,14 +53,16 @@ def plan_group(
     if count <= 0 or not group.prunable:
         return GroupPlan(group, ratio, np.zeros(0, dtype=np.int64))
     order = np.argsort(scores, kind="stable") if scores is not None else np.arange(group.size)
-    removable = group.removable
+    order = order[group.removable[order]]
     counts = group.counts()
+    if (counts > 0).all():  # every layer holds every atom: no layer can be emptied
+        return GroupPlan(group, ratio, np.sort(order[:count]))
     left = counts.sum(axis=1)
     chosen: list[int] = []
     for a in order:
         if len(chosen) == count:
             break
-        if not removable[a] or np.any(left - counts[:, a] < 1):
+        if np.any(left - counts[:, a] < 1):
             continue
         left -= counts[:, a]
         chosen.append(int(a))
@@ -75,6 +77,7 @@ def plan_pruning(
 ) -> list[GroupPlan]:
     """One plan per prunable group with a non-zero ratio. ``scores`` caches importance."""
     plans = []
+    magnitudes: dict[int, torch.Tensor] = {}
     for group in graph.prunable:
         if any(config.is_ignored(m) for m in group.modules):
             continue
@@ -82,7 +85,7 @@ def plan_pruning(
         if ratio <= 0:
             continue
         if scores is None or group.id not in scores:
-            group_scores = atom_scores(group, tensors, config.importance)
+            group_scores = atom_scores(group, tensors, config.importance, magnitudes)
             if scores is not None:
                 scores[group.id] = group_scores
         else:

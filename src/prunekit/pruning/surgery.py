@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from prunekit.graph import Group
-from prunekit.pruning._sync import sync_module
+from prunekit.pruning._sync import needs_sync, sync_module
 from prunekit.pruning._tensors import aliases, named_tensors, replace_tensor
 
 
@@ -19,6 +20,21 @@ from prunekit.pruning._tensors import aliases, named_tensors, replace_tensor
 class SurgeryRecord:
     shapes: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)  # name: (old, new)
     modules: list[str] = field(default_factory=list)
+    # what undo() puts back: replaced tensors, and each synced module's class and attributes
+    _tensors: list[tuple[list[tuple[nn.Module, str]], torch.Tensor]] = field(
+        default_factory=list, repr=False
+    )
+    _modules: list[tuple[nn.Module, type, dict[str, Any]]] = field(default_factory=list, repr=False)
+
+    def undo(self) -> None:
+        """Restore the model exactly as it was before ``remove_atoms`` (rehearsals use this)."""
+        for module, cls, attributes in reversed(self._modules):
+            module.__class__ = cls
+            module.__dict__.update(attributes)
+        for holders, old in self._tensors:
+            replace_tensor(holders, old, old, keep_object=True)
+        self._tensors.clear()
+        self._modules.clear()
 
 
 def removal_indices(
@@ -48,30 +64,62 @@ def _ancestors(names: Iterable[str]) -> set[str]:
     return found
 
 
-def remove_atoms(model: nn.Module, removals: Iterable[tuple[Group, np.ndarray]]) -> SurgeryRecord:
+@dataclass
+class ModelIndex:
+    """Name <-> module and tensor <-> holder maps, built once and reused across surgeries.
+
+    Valid as long as the module structure is unchanged (undo puts the original tensor
+    objects back, so the maps stay true for a rehearsal copy too).
+    """
+
+    modules: dict[str, nn.Module]
+    names: dict[int, str]
+    tensors: dict[str, torch.Tensor]
+    holders: dict[int, list[tuple[nn.Module, str]]]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelIndex:
+        modules = dict(model.named_modules())
+        return cls(
+            modules, {id(m): n for n, m in modules.items()}, named_tensors(model), aliases(model)
+        )
+
+
+def remove_atoms(
+    model: nn.Module, removals: Iterable[tuple[Group, np.ndarray]], index: ModelIndex | None = None
+) -> SurgeryRecord:
     """Physically remove atoms from ``model`` (in place) and return what changed."""
     removal = removal_indices(removals)
-    tensors = named_tensors(model)
-    holders = aliases(model)
+    index = index or ModelIndex.of(model)
     record = SurgeryRecord()
     touched: dict[int, nn.Module] = {}
     for owner, dims in removal.items():
-        old = tensors[owner]
+        old = index.tensors[owner]
         new = old.detach()
         for dim, drop in dims.items():
-            keep = np.setdiff1d(np.arange(old.shape[dim]), drop)
-            new = new.index_select(dim, torch.as_tensor(keep, device=old.device))
-        holder = holders[id(old)]
+            keep = np.ones(old.shape[dim], dtype=bool)
+            keep[drop] = False
+            new = new.index_select(dim, torch.as_tensor(np.flatnonzero(keep), device=old.device))
+        holder = index.holders[id(old)]
         replace_tensor(holder, old, new)
+        record._tensors.append((holder, old))
         record.shapes[owner] = (list(old.shape), list(new.shape))
         for module, _ in holder:
             touched[id(module)] = module
-    names = {id(m): n for n, m in model.named_modules()}
-    record.modules = sorted(names[i] for i in touched if i in names)
+    record.modules = sorted(index.names[i] for i in touched if i in index.names)
     # parents too, deepest first: an attention block whose projections changed may need a
     # class swap, a ViT its hidden size
-    modules = dict(model.named_modules())
     for name in sorted(_ancestors(record.modules), key=lambda n: -n.count(".") - (1 if n else 0)):
-        if name in modules:
-            sync_module(modules[name])
+        parent = index.modules.get(name)
+        if parent is not None and needs_sync(parent):
+            record._modules.append((parent, type(parent), _simple_state(parent)))
+            sync_module(parent)
     return record
+
+
+def _simple_state(module: nn.Module) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if isinstance(v, (int, float, bool, str, tuple, type(None)))
+    }
