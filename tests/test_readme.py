@@ -1,7 +1,8 @@
-"""The README's Python example runs and prints what it says."""
+"""The README's Python examples run and print what their comments say."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,13 +11,26 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
 @pytest.mark.slow
-def test_python_api_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
-    exec(compile(blocks[0], "README.md", "exec"), {})
-    first_line = capsys.readouterr().out.splitlines()[0]
-    assert first_line == "300774272 3504872"  # the values the README's comment promises
+@pytest.mark.parametrize("index", range(len(_blocks())))
+def test_python_example_runs_and_prints_what_it_promises(
+    index: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    block = _blocks()[index]
+    expected = re.findall(r"^print\(.*\)\s+# (.+)$", block, flags=re.M)
+    assert expected, "each README example promises its output in a comment"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # examples may write files
+    try:
+        exec(compile(block, f"README.md example {index + 1}", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[: len(expected)] == expected
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:

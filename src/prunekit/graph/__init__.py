@@ -80,12 +80,15 @@ class ChannelGraph:
 
 
 def _tensor_names(model: nn.Module) -> dict[int, tuple[str, bool]]:
+    """id -> (qualified name, is_buffer) of every parameter and floating-point buffer."""
     names: dict[int, tuple[str, bool]] = {}
-    for name, p in model.named_parameters():
-        names.setdefault(id(p), (name, False))
-    for name, b in model.named_buffers():
-        if b.is_floating_point():
-            names.setdefault(id(b), (name, True))
+    for prefix, module in model.named_modules():
+        for attr, p in module._parameters.items():
+            if p is not None:
+                names.setdefault(id(p), (f"{prefix}.{attr}" if prefix else attr, False))
+        for attr, b in module._buffers.items():
+            if b is not None and b.is_floating_point():
+                names.setdefault(id(b), (f"{prefix}.{attr}" if prefix else attr, True))
     return names
 
 
@@ -149,8 +152,8 @@ def trace_channels(
     on_meta = not notes
     idle = [  # modules none of whose parameters the eval trace touched
         n for n, m in model.named_modules()
-        if any(True for _ in m.parameters(False))
-        and not any((f"{n}.{p}" if n else p) in run.params for p, _ in m.named_parameters(recurse=False))
+        if (own := [k for k, v in m._parameters.items() if v is not None])
+        and not any((f"{n}.{k}" if n else k) in run.params for k in own)
     ]  # fmt: skip
     if train_mode and on_meta and idle:
         # modules that only run in training (auxiliary heads) must be coupled too

@@ -98,6 +98,40 @@ def _binary(args: tuple[Any, ...]) -> torch.Tensor | None:
     return torch.empty(shape, dtype=torch.result_type(a, b), device="meta")
 
 
+def _conv(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """conv1d/2d/3d output shape; the channel checks the real kernel makes, nothing else."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    a = dict(zip(names, args, strict=False)) | kwargs
+    x, w = a["input"], a["weight"]
+    spatial = w.dim() - 2
+    groups = int(a.get("groups", 1))
+    if x.dim() != spatial + 2 or w.device.type != "meta":
+        return None  # unbatched input or a real weight: let PyTorch decide
+    if w.shape[1] * groups != x.shape[1] or w.shape[0] % groups:
+        raise RuntimeError(f"{name}: weight {tuple(w.shape)} with groups={groups} does not fit input {tuple(x.shape)}")
+    bias = a.get("bias")
+    if bias is not None and bias.numel() != w.shape[0]:
+        raise RuntimeError(f"{name}: bias of {bias.numel()} for {w.shape[0]} output channels")
+
+    def per_dim(value: Any, default: int) -> list[int]:
+        value = default if value is None else value
+        return [int(value)] * spatial if isinstance(value, int) else [int(v) for v in value]
+
+    stride, dilation = per_dim(a.get("stride"), 1), per_dim(a.get("dilation"), 1)
+    padding = a.get("padding", 0)
+    out = []
+    for i in range(spatial):
+        size, k = x.shape[2 + i], w.shape[2 + i]
+        if padding == "same":
+            out.append(size)
+            continue
+        pad = 0 if padding == "valid" else per_dim(padding, 0)[i]
+        out.append((size + 2 * pad - dilation[i] * (k - 1) - 1) // stride[i] + 1)
+    if min(out) < 1:
+        raise RuntimeError(f"{name}: input {tuple(x.shape)} is too small for kernel {tuple(w.shape)}")
+    return torch.empty((x.shape[0], w.shape[0], *out), dtype=x.dtype, device="meta")
+
+
 def fast_meta_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """The result of a common call on meta tensors, or None to run ``func`` itself."""
     if not args or not isinstance(args[0], torch.Tensor) or args[0].device.type != "meta":
@@ -109,6 +143,8 @@ def fast_meta_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return torch.empty_like(args[0])
     if name in _UNARY:
         return args[0] if kwargs.get("inplace") else torch.empty_like(args[0])
+    if name in ("conv1d", "conv2d", "conv3d"):
+        return _conv(name, args, kwargs)
     if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d") and not kwargs and len(args) == 2:
         x, size = args
         size = (size, size) if isinstance(size, int) else tuple(size)

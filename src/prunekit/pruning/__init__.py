@@ -22,7 +22,6 @@ from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.graph._fast_meta import FastMetaNorms
 from prunekit.inputs import ExampleInputs, as_example_inputs, doubled
 from prunekit.pruning._sync import register_sync
-from prunekit.pruning._tensors import named_tensors
 from prunekit.pruning.config import PruneConfigError, StructuredPruning, matches
 from prunekit.pruning.select import GroupPlan, plan_group, plan_pruning, producers
 from prunekit.pruning.surgery import ModelIndex, SurgeryRecord, remove_atoms
@@ -204,13 +203,13 @@ def prune(
         raise PruneConfigError(
             "pass either a StructuredPruning config or keyword settings, not both"
         )
-    config.check_patterns([n for n, _ in model.named_modules() if n])
+    index = ModelIndex.of(model)
+    config.check_patterns([n for n in index.modules if n])
     example = as_example_inputs(inputs)
     graph = graph or trace_channels(model, example)
-    tensors = named_tensors(model)
-    plans = [p for p in plan_pruning(graph, tensors, config) if len(p.remove)]
+    plans = [p for p in plan_pruning(graph, index.tensors, config) if len(p.remove)]
     skipped = {g.name: g.unsafe for g in graph.groups if g.unsafe is not None}
-    record = remove_atoms(model, [(p.group, p.remove) for p in plans])
+    record = remove_atoms(model, [(p.group, p.remove) for p in plans], index)
     error = _verify(model, example, graph) if plans else None
     if error is not None and graph.on_meta:
         # something in the model's code hard-codes a size: undo, find the groups, leave them
@@ -225,7 +224,7 @@ def prune(
                     bad[id(p)],
                 )
         plans = [p for p in plans if id(p) not in bad]
-        record = remove_atoms(model, [(p.group, p.remove) for p in plans])
+        record = remove_atoms(model, [(p.group, p.remove) for p in plans], index)
         error = _verify(model, example, graph)
     if error is not None:
         record.undo()

@@ -8,26 +8,33 @@ import torch
 from torch import nn
 
 
-def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def scan(
+    model: nn.Module,
+) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor], dict[int, list[tuple[nn.Module, str]]]]:
+    """One walk over the model: modules by name, parameters and buffers by qualified name
+    (a tied tensor under its first name), and every (module, attribute) holding each tensor."""
+    modules: dict[str, nn.Module] = {}
     tensors: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
-        tensors.setdefault(name, p)
-    for name, b in model.named_buffers():
-        tensors.setdefault(name, b)
-    return tensors
+    holders: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
+    for name, module in model.named_modules():
+        modules[name] = module
+        for store in (module._parameters, module._buffers):
+            for attr, t in store.items():
+                if t is None:
+                    continue
+                if id(t) not in holders:
+                    tensors[f"{name}.{attr}" if name else attr] = t
+                holders[id(t)].append((module, attr))
+    return modules, tensors, holders
+
+
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return scan(model)[1]
 
 
 def aliases(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     """id(tensor) -> every (module, attribute) holding it: tied weights are replaced everywhere."""
-    holders: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
-    for module in model.modules():
-        for attr, p in module._parameters.items():
-            if p is not None:
-                holders[id(p)].append((module, attr))
-        for attr, b in module._buffers.items():
-            if b is not None:
-                holders[id(b)].append((module, attr))
-    return holders
+    return scan(model)[2]
 
 
 def replace_tensor(

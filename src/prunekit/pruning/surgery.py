@@ -13,7 +13,7 @@ from torch import nn
 
 from prunekit.graph import Group
 from prunekit.pruning._sync import needs_sync, sync_module
-from prunekit.pruning._tensors import aliases, named_tensors, replace_tensor
+from prunekit.pruning._tensors import replace_tensor, scan
 
 
 @dataclass
@@ -79,10 +79,8 @@ class ModelIndex:
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelIndex:
-        modules = dict(model.named_modules())
-        return cls(
-            modules, {id(m): n for n, m in modules.items()}, named_tensors(model), aliases(model)
-        )
+        modules, tensors, holders = scan(model)
+        return cls(modules, {id(m): n for n, m in modules.items()}, tensors, holders)
 
 
 def remove_atoms(
