@@ -108,7 +108,9 @@ def _conv(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Ten
     if x.dim() != spatial + 2 or w.device.type != "meta":
         return None  # unbatched input or a real weight: let PyTorch decide
     if w.shape[1] * groups != x.shape[1] or w.shape[0] % groups:
-        raise RuntimeError(f"{name}: weight {tuple(w.shape)} with groups={groups} does not fit input {tuple(x.shape)}")
+        raise RuntimeError(
+            f"{name}: weight {tuple(w.shape)} with groups={groups} does not fit input {tuple(x.shape)}"
+        )
     bias = a.get("bias")
     if bias is not None and bias.numel() != w.shape[0]:
         raise RuntimeError(f"{name}: bias of {bias.numel()} for {w.shape[0]} output channels")
@@ -128,7 +130,9 @@ def _conv(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Ten
         pad = 0 if padding == "valid" else per_dim(padding, 0)[i]
         out.append((size + 2 * pad - dilation[i] * (k - 1) - 1) // stride[i] + 1)
     if min(out) < 1:
-        raise RuntimeError(f"{name}: input {tuple(x.shape)} is too small for kernel {tuple(w.shape)}")
+        raise RuntimeError(
+            f"{name}: input {tuple(x.shape)} is too small for kernel {tuple(w.shape)}"
+        )
     return torch.empty((x.shape[0], w.shape[0], *out), dtype=x.dtype, device="meta")
 
 

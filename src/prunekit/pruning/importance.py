@@ -21,15 +21,26 @@ from prunekit.graph import Group
 def per_index_norm(
     t: torch.Tensor, dim: int, kind: str, cache: dict[int, torch.Tensor] | None = None
 ) -> np.ndarray:
-    """L1 (sum of |w|) or L2 norm of every slice of ``t`` along ``dim``."""
-    magnitude = cache.get(id(t)) if cache is not None else None
-    if magnitude is None:
+    """L1 (sum of |w|) or L2 norm of every slice of ``t`` along ``dim``.
+
+    The cache keeps |w| (or w^2) summed over every dimension but the first two, since a weight
+    is usually asked for its rows and then its columns: both come from that small matrix.
+    """
+    key = id(t)
+    reduced = cache.get(key) if cache is not None else None
+    if reduced is None:
         x = t.detach().float()
-        magnitude = x.abs() if kind == "l1" else x * x
+        x = x.abs() if kind == "l1" else x * x
+        reduced = x.sum(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
         if cache is not None:
-            cache[id(t)] = magnitude
-    others = [d for d in range(t.dim()) if d != dim]
-    values = magnitude.sum(dim=others) if others else magnitude
+            cache[key] = reduced
+    if dim < reduced.dim():
+        others = [d for d in range(reduced.dim()) if d != dim]
+        values = reduced.sum(dim=others) if others else reduced
+    else:  # a trailing dimension: recompute from the full tensor
+        x = t.detach().float()
+        x = x.abs() if kind == "l1" else x * x
+        values = x.sum(dim=[d for d in range(t.dim()) if d != dim])
     if kind == "l2":
         values = values.sqrt()
     return values.cpu().numpy().astype(np.float64)
