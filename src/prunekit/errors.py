@@ -30,3 +30,7 @@ class DataError(PrunekitError):
 
 class BackendError(PrunekitError):
     """A runtime backend (ONNX Runtime, torch.compile, CUDA) is unavailable or disagrees with eager."""
+
+
+class DeploymentError(PrunekitError):
+    """A model cannot be deployed as asked (a budget too small, an unsupported layer, no C compiler)."""
