@@ -59,7 +59,10 @@ class QuantizedMLP:
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Float inputs ``[n, in]`` -> int8, as the device would receive them."""
-        q = np.round(np.asarray(x, dtype=np.float64) / self.input_scale) + self.input_zero_point
+        scaled = np.asarray(x, dtype=np.float64) / self.input_scale
+        # half away from zero, like the quantiser and like roundf() in firmware (np.round is
+        # half to even)
+        q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + self.input_zero_point
         return np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8)
 
 
@@ -100,7 +103,7 @@ def multiply_by_quantized_multiplier(
 def linear_forward(layer: QuantizedLinear, x: np.ndarray) -> np.ndarray:
     """One layer on int8 inputs ``[n, in]`` -> int8 outputs ``[n, out]``, integers only."""
     acc = x.astype(np.int64) @ layer.weight.astype(np.int64).T + layer.bias.astype(np.int64)
-    acc = np.clip(acc, INT32_MIN, INT32_MAX)  # the C code accumulates in int32
+    acc = np.clip(acc, INT32_MIN, INT32_MAX)  # the C code saturates the same way
     y = multiply_by_quantized_multiplier(acc, layer.multiplier, layer.shift)
     y = y + layer.output_zero_point
     low = layer.output_zero_point if layer.relu else INT8_MIN

@@ -1,0 +1,322 @@
+"""Fit an MLP into a flash budget: plan a sparsity, prune gradually, share weights, quantise,
+choose the storage, and keep the most accurate candidate that fits.
+
+The method (``method="prunekit"``):
+
+1. **Plan.** For each value encoding (plain int8, or ``bits``-bit shared values) bisect the
+   global density whose magnitude masks on the dense weights, stored in their best format,
+   fit the budget (exact bytes from ``storage.best_encoding`` on the mask pattern). A global
+   magnitude threshold sets each layer's sparsity: layers with larger weights (the small
+   classifier) keep more.
+2. **Prune gradually** to that density on the cubic schedule of Zhu & Gupta (2017) while
+   training with distillation from the dense model, then fine-tune with the masks fixed.
+3. **Shrink**: hidden neurons left without inputs or outputs are cut (``shrink.py``).
+4. **Share weights** (Deep Compression) and fine-tune the shared values; quantise to int8
+   with the sharing's per-row scales, so the codebook is exact.
+5. **Measure** the exact bytes; if the budget is missed (masks drift during training), prune
+   the smallest remaining weights and re-measure.
+
+Candidates are compared by integer-inference accuracy on the validation split; the test split
+is only reported. ``method="plain"`` is the textbook baseline every toolkit offers: global
+gradual magnitude pruning with fine-tuning, int8 values, 4-bit relative indices, no
+distillation, no weight sharing, no shrinking.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import DeploymentError
+from prunekit.mcu import storage
+from prunekit.mcu.budget import format_bytes
+from prunekit.mcu.datasets import Splits
+from prunekit.mcu.qmodel import QuantizedMLP, integer_predict
+from prunekit.mcu.quantize import quantize_mlp
+from prunekit.mcu.sharing import WeightSharing, linear_layers
+from prunekit.mcu.shrink import remove_dead_neurons
+from prunekit.mcu.train import TrainConfig, accuracy, fit
+from prunekit.sparsity import CubicSchedule, GradualPruner, MaskSet, magnitude_masks
+
+Log = Callable[[str], None]
+PLAIN_FORMATS = ("relative",)
+PLAIN_INDEX_BITS = 4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How long and how hard each training phase runs."""
+
+    dense_epochs: int = 30
+    prune_epochs: int = 30  # the cubic schedule ends two thirds of the way through
+    finetune_epochs: int = 20
+    sharing_epochs: int = 6
+    lr: float = 1e-3
+    batch_size: int = 128
+    distill_weight: float = 0.7
+    patience: int = 5
+    calibration_samples: int = 2000
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> Recipe:
+        """Short phases for tiny datasets and tests."""
+        return cls(dense_epochs=60, prune_epochs=40, finetune_epochs=30, sharing_epochs=10,
+                   batch_size=32, patience=10)  # fmt: skip
+
+
+@dataclass
+class Candidate:
+    name: str
+    value_bits: int  # 8 = plain int8 values, fewer = shared values
+    model: nn.Sequential
+    qmodel: QuantizedMLP
+    encodings: list[storage.EncodedWeights]
+    report: storage.StorageReport
+    planned_density: float
+    val_accuracy: float  # integer-only inference
+
+    @property
+    def bytes(self) -> int:
+        return self.report.total
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(int(np.count_nonzero(layer.weight)) for layer in self.qmodel.layers)
+
+
+@dataclass
+class Compression:
+    budget: int
+    method: str
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate:
+        return max(self.candidates, key=lambda c: (c.val_accuracy, -c.bytes))
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+
+
+def _synthetic_int8(mask: torch.Tensor, value_bits: int) -> np.ndarray:
+    """An int8 matrix with the mask's non-zero pattern and as many distinct values as the
+    encoding will have: storage size depends on nothing else."""
+    flat = mask.flatten().numpy()
+    distinct = 2**value_bits - 1 if value_bits < 8 else 254
+    cycle = np.arange(np.count_nonzero(flat)) % distinct + 1
+    values = np.where(cycle > 127, 127 - cycle, cycle)  # 1..127 then -1..-127
+    out = np.zeros(flat.shape, dtype=np.int8)
+    out[flat] = values.astype(np.int8)
+    return out.reshape(mask.shape)
+
+
+def _formats(value_bits: int, method: str) -> tuple[str, ...]:
+    if method == "plain":
+        return PLAIN_FORMATS
+    if value_bits < 8:
+        return tuple(f for f in storage.FORMATS if f.endswith("_cb"))
+    return storage.BASE_FORMATS
+
+
+def _encode(weight: np.ndarray, value_bits: int, method: str) -> storage.EncodedWeights:
+    if method == "plain":
+        return storage.encode(weight, "relative", k=PLAIN_INDEX_BITS)
+    return storage.best_encoding(weight, _formats(value_bits, method))
+
+
+def _bytes_for_masks(masks: Sequence[torch.Tensor], value_bits: int, method: str) -> int:
+    total = 0
+    for mask in masks:
+        weight = _synthetic_int8(mask, value_bits)
+        out = mask.shape[0]
+        overhead = out * (storage.BIAS_BYTES + storage.MULTIPLIER_BYTES + storage.SHIFT_BYTES)
+        total += _encode(weight, value_bits, method).nbytes + overhead
+    return total
+
+
+def plan_density(dense: nn.Module, budget: int, value_bits: int, method: str) -> float:
+    """The largest global density whose magnitude masks on ``dense`` fit ``budget`` bytes."""
+    weights = {name: w.detach() for name, w in _weights(dense).items()}
+
+    def size(density: float) -> int:
+        if density >= 1.0:
+            masks = [torch.ones_like(w, dtype=torch.bool) for w in weights.values()]
+        else:
+            masks = list(magnitude_masks(weights, 1.0 - density, scope="global").values())
+        return _bytes_for_masks(masks, value_bits, method)
+
+    if size(1.0) <= budget:
+        return 1.0
+    total = sum(w.numel() for w in weights.values())
+    smallest = 1.0 / total
+    minimum = size(smallest)
+    if minimum > budget:
+        raise DeploymentError(
+            f"the flash budget of {format_bytes(budget)} ({budget} bytes) cannot be met: even "
+            f"with a single weight left, biases and requantisation parameters take {minimum} "
+            f"bytes, {minimum - budget} more than the budget; use a narrower architecture or a "
+            f"larger budget"
+        )
+    low, high = smallest, 1.0
+    for _ in range(30):  # bytes are monotone in the density
+        middle = math.sqrt(low * high)
+        if size(middle) <= budget:
+            low = middle
+        else:
+            high = middle
+        if high / low < 1.002:
+            break
+    return low
+
+
+def train_dense(
+    widths: Sequence[int], data: Splits, recipe: Recipe, log: Log = lambda _: None
+) -> nn.Sequential:
+    from prunekit.mcu.arch import build_mlp
+
+    model = build_mlp(list(widths), seed=recipe.seed)
+    config = TrainConfig(epochs=recipe.dense_epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                         patience=recipe.patience, seed=recipe.seed)  # fmt: skip
+    result = fit(model, data, config)
+    log(f"dense {'-'.join(map(str, widths))}: validation accuracy {result.best_val_accuracy:.2%} "
+        f"after {result.epochs_run} epochs")  # fmt: skip
+    return model
+
+
+def _calibration(data: Splits, recipe: Recipe) -> torch.Tensor:
+    return data.train_x[: recipe.calibration_samples]
+
+
+def integer_accuracy(qmodel: QuantizedMLP, x: torch.Tensor, y: torch.Tensor) -> float:
+    predictions = integer_predict(qmodel, qmodel.quantize_input(x.numpy()))
+    return float((predictions == y.numpy()).mean())
+
+
+def _prune(
+    dense: nn.Sequential, data: Splits, density: float, recipe: Recipe, method: str
+) -> tuple[nn.Sequential, MaskSet | None]:
+    model = copy.deepcopy(dense)
+    if density >= 1.0:
+        return model, None
+    steps_per_epoch = math.ceil(len(data.train_y) / recipe.batch_size)
+    end = max(1, recipe.prune_epochs * steps_per_epoch * 2 // 3)
+    schedule = CubicSchedule(0.0, 1.0 - density, 0, end, max(1, steps_per_epoch // 4))
+    pruner = GradualPruner(model, schedule, parameters=list(_weights(model)), scope="global")
+    distill = recipe.distill_weight if method == "prunekit" else 0.0
+    config = TrainConfig(epochs=recipe.prune_epochs, min_epochs=recipe.prune_epochs,
+                         batch_size=recipe.batch_size, lr=recipe.lr, distill_weight=distill,
+                         seed=recipe.seed)  # fmt: skip
+    # step() prunes on its schedule and keeps masks enforced after each optimizer step.
+    fit(model, data, config, teacher=dense, after_step=[pruner.step, pruner.mask_set.apply])
+    while pruner.step_count <= end:  # a schedule longer than the epochs still finishes
+        pruner.step()
+    masks = pruner.make_permanent()
+    mask_set = MaskSet(model, masks)
+    finetune = replace(config, epochs=recipe.finetune_epochs, min_epochs=0, lr=recipe.lr / 2,
+                       patience=recipe.patience)  # fmt: skip
+    fit(model, data, finetune, teacher=dense, after_step=[mask_set.apply])
+    return model, mask_set
+
+
+def _fit_budget(
+    candidate_model: nn.Sequential,
+    data: Splits,
+    budget: int,
+    value_bits: int,
+    method: str,
+    recipe: Recipe,
+    scales: list[np.ndarray] | None,
+    log: Log,
+) -> tuple[QuantizedMLP, list[storage.EncodedWeights]]:
+    """Quantise and encode; while over budget, drop the smallest weights and try again.
+
+    Zeroing shared weights keeps the others on their shared values, and the fixed ``scales``
+    keep them on the same int8 codes, so no fine-tuning is needed for these small fixes.
+    """
+    for _ in range(20):
+        qmodel = quantize_mlp(candidate_model, _calibration(data, recipe), weight_scales=scales)
+        encodings = [_encode(layer.weight, value_bits, method) for layer in qmodel.layers]
+        total = storage.storage_report(qmodel, encodings).total
+        if total <= budget:
+            return qmodel, encodings
+        nonzero = sum(int(np.count_nonzero(layer.weight)) for layer in qmodel.layers)
+        drop = max(1, math.ceil(nonzero * (total - budget) / total * 1.05))
+        log(f"  {total} bytes is {total - budget} over the budget: dropping {drop} more weights")
+        weights = _weights(candidate_model)
+        keep = magnitude_masks(
+            {n: w.detach() for n, w in weights.items()},
+            min(0.999999, 1 - (nonzero - drop) / sum(w.numel() for w in weights.values())),
+        )
+        with torch.no_grad():
+            for name, weight in weights.items():
+                weight.mul_(keep[name])
+    raise DeploymentError(f"could not bring the model under {budget} bytes")
+
+
+def compress_candidate(
+    dense: nn.Sequential,
+    data: Splits,
+    budget: int,
+    value_bits: int,
+    recipe: Recipe,
+    method: str = "prunekit",
+    log: Log = lambda _: None,
+) -> Candidate:
+    name = "int8" if value_bits >= 8 else f"shared {value_bits}-bit"
+    density = plan_density(dense, budget, value_bits, method)
+    log(f"{name}: planned density {density:.2%} of the weights")
+    model, _ = _prune(dense, data, density, recipe, method)
+    scales: list[np.ndarray] | None = None
+    if method == "prunekit":
+        removed = remove_dead_neurons(model)
+        if removed:
+            log(f"  removed {removed} dead hidden neurons")
+    if value_bits < 8:
+        sharing = WeightSharing(linear_layers(model), bits=value_bits)
+        config = TrainConfig(epochs=recipe.sharing_epochs, min_epochs=0, batch_size=recipe.batch_size,
+                             lr=recipe.lr / 5, distill_weight=recipe.distill_weight,
+                             patience=recipe.patience, seed=recipe.seed)  # fmt: skip
+        fit(model, data, config, teacher=dense, after_step=[sharing.project])
+        scales = sharing.finalize()
+    qmodel, encodings = _fit_budget(model, data, budget, value_bits, method, recipe, scales, log)
+    report = storage.storage_report(qmodel, encodings)
+    val = integer_accuracy(qmodel, data.val_x, data.val_y)
+    log(f"  {name}: {report.total} bytes, validation accuracy {val:.2%} (integer inference)")
+    return Candidate(name, value_bits, model, qmodel, encodings, report, density, val)
+
+
+def compress_to_budget(
+    dense: nn.Sequential,
+    data: Splits,
+    budget: int,
+    recipe: Recipe,
+    value_bits: Sequence[int] = (8, 4),
+    method: str = "prunekit",
+    log: Log = lambda _: None,
+) -> Compression:
+    """Every candidate encoding compressed to ``budget``; ``.best`` is the most accurate."""
+    if method not in ("prunekit", "plain"):
+        raise ValueError(f"unknown method {method!r}")
+    bits = (8,) if method == "plain" else tuple(value_bits)
+    result = Compression(budget, method)
+    for value_bits_ in bits:
+        result.candidates.append(
+            compress_candidate(dense, data, budget, value_bits_, recipe, method, log)
+        )
+    return result
+
+
+def dense_accuracy(model: nn.Module, data: Splits) -> float:
+    return accuracy(model, data.test_x, data.test_y)
