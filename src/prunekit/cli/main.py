@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from prunekit import __version__
-from prunekit.cli import analyze, bench, models, prune
+from prunekit.cli import analyze, bench, demo, mcu, models, prune
 
-COMMANDS = (analyze, bench, prune, models)
+COMMANDS = (demo, analyze, bench, prune, mcu, models)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -160,25 +160,51 @@ def plan_density(dense: nn.Module, budget: int, value_bits: int, method: str) ->
     if size(1.0) <= budget:
         return 1.0
     total = sum(w.numel() for w in weights.values())
-    smallest = 1.0 / total
-    minimum = size(smallest)
-    if minimum > budget:
+    # Bytes are not monotone in the density: with relative indexing a nearly empty matrix pays
+    # for filler entries across all its zeros. So scan a geometric grid for the largest density
+    # that fits, then refine between it and the next grid point.
+    grid = np.geomspace(1.0 / total, 1.0, 64)
+    sizes = [size(float(d)) for d in grid]
+    fitting = [i for i, n in enumerate(sizes) if n <= budget]
+    if not fitting:
+        minimum = min(sizes)
         raise DeploymentError(
-            f"the flash budget of {format_bytes(budget)} ({budget} bytes) cannot be met: even "
-            f"with a single weight left, biases and requantisation parameters take {minimum} "
-            f"bytes, {minimum - budget} more than the budget; use a narrower architecture or a "
-            f"larger budget"
+            f"the flash budget of {format_bytes(budget)} ({budget} bytes) cannot be met: the "
+            f"smallest this model can be stored in is {minimum} bytes ({minimum - budget} over; "
+            f"biases and requantisation parameters alone take 9 bytes per neuron); use a "
+            f"narrower architecture or a larger budget"
         )
-    low, high = smallest, 1.0
-    for _ in range(30):  # bytes are monotone in the density
+    index = fitting[-1]
+    low, high = float(grid[index]), float(grid[min(index + 1, len(grid) - 1)])
+    for _ in range(12):
+        if high / low < 1.002:
+            break
         middle = math.sqrt(low * high)
         if size(middle) <= budget:
             low = middle
         else:
             high = middle
-        if high / low < 1.002:
-            break
     return low
+
+
+def check_budget_feasible(widths: Sequence[int], budget: int, value_bits: Sequence[int]) -> None:
+    """Fail before any training when no candidate of this architecture can fit ``budget``.
+
+    Storage size depends on the sparsity pattern, not on trained values, so an untrained model
+    of the same widths gives the same verdict; the last candidate's error is raised.
+    """
+    from prunekit.mcu.arch import build_mlp
+
+    model = build_mlp(list(widths))
+    error: DeploymentError | None = None
+    for bits in sorted(value_bits):
+        try:
+            plan_density(model, budget, bits, "prunekit")
+            return
+        except DeploymentError as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 def train_dense(

@@ -1,0 +1,167 @@
+"""Write a compressed MLP as a deployable directory: C files, a report, and the check that the
+compiled C computes what the Python integer reference computes.
+
+Everything is written into a temporary sibling directory first and moved into place at the
+end, so a failure (or Ctrl-C) never leaves a half-written output, and an existing directory is
+only replaced when the caller asked for it (``force``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prunekit import __version__
+from prunekit.errors import DeploymentError
+from prunekit.mcu.c_export import CSource, generate_c
+from prunekit.mcu.compile import check_against_reference, find_c_compiler, measure_object
+from prunekit.mcu.compress import Candidate, Compression, integer_accuracy
+from prunekit.mcu.datasets import Splits
+
+PREFIX = "prunekit_model"
+
+
+@dataclass
+class DenseFacts:
+    arch: list[int]
+    accuracy: float  # float32 model on the test split
+    bytes: int  # fp32 parameters
+    params: int
+
+
+def dense_facts(model: nn.Module, arch: list[int], accuracy: float) -> DenseFacts:
+    params = sum(p.numel() for p in model.parameters())
+    return DenseFacts(arch, accuracy, params * 4, params)
+
+
+def check_output_dir(out: str | Path, force: bool) -> Path:
+    """Refuse to touch an existing path unless ``force``; done before any training starts."""
+    path = Path(out)
+    if path.exists() and not force:
+        raise DeploymentError(f"{path} already exists; choose another --out or pass --force")
+    if path.exists() and not path.is_dir():
+        raise DeploymentError(f"{path} exists and is not a directory; refusing to replace it")
+    if not path.parent.exists():
+        raise DeploymentError(f"the parent directory of {path} does not exist")
+    return path
+
+
+def _c_section(cand: Candidate, source: CSource, data: Splits, workdir: Path) -> dict[str, Any]:
+    compiler = find_c_compiler()
+    if compiler is None:
+        reason = "no C compiler found (set CC or install gcc/clang); the C files were still written"
+        return {"c_check": {"agreement": None, "reason": reason}, "flash": None}
+    x = cand.qmodel.quantize_input(data.test_x.numpy())
+    check = check_against_reference(cand.qmodel, source, x, workdir / "check", compiler)
+    sizes = measure_object(source, workdir / "object", compiler)
+    return {
+        "c_check": {
+            "agreement": check.agreement,
+            "logits_identical": check.logits_identical,
+            "mismatches": check.mismatches,
+            "samples": check.n,
+            "compiler": check.compiler,
+            "reason": None,
+        },
+        "flash": {
+            "total": sizes.flash,
+            "code": sizes.text,
+            "const_data": sizes.rodata + sizes.data,
+            "ram": sizes.ram,
+            "arena": source.arena_bytes,
+            "measured_from": f"{Path(compiler).name} -Os -c for the host",
+        },
+    }
+
+
+def write_deployment(
+    out: Path,
+    compression: Compression,
+    dense: DenseFacts,
+    data: Splits,
+    budget_text: str,
+    force: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``out/`` (report.json, prunekit_model.h/.c, harness.c) and return the report."""
+    started = time.perf_counter()
+    best = compression.best
+    source = generate_c(best.qmodel, best.encodings, prefix=PREFIX)
+    out = out.resolve()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        scratch = staging / ".scratch"
+        c_facts = _c_section(best, source, data, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+        (staging / source.header_name).write_text(source.header)
+        (staging / source.source_name).write_text(source.source)
+        from prunekit.mcu.compile import write_harness
+
+        write_harness(source, staging)
+        test_accuracy = integer_accuracy(best.qmodel, data.test_x, data.test_y)
+        report: dict[str, Any] = {
+            "prunekit_version": __version__,
+            "dataset": data.name,
+            "test_samples": len(data.test_y),
+            "flash_budget": compression.budget,
+            "flash_budget_text": budget_text,
+            "dense": {
+                "arch": "-".join(map(str, dense.arch)),
+                "accuracy": dense.accuracy,
+                "bytes": dense.bytes,
+                "params": dense.params,
+            },
+            "compressed": {
+                "accuracy": test_accuracy,
+                "bytes": best.bytes,
+                "weight_bytes": best.report.weights,
+                "nonzeros": best.nonzeros,
+                "values": best.name,
+                "shapes": [list(layer.shape) for layer in best.report.layers],
+                "layers": [
+                    {
+                        "shape": list(layer.shape),
+                        "format": layer.format,
+                        "params": layer.params,
+                        "weights": layer.weights,
+                        "bias": layer.bias,
+                        "multiplier": layer.multiplier,
+                        "shift": layer.shift,
+                        "total": layer.total,
+                    }
+                    for layer in best.report.layers
+                ],
+            },
+            "compression_ratio": dense.bytes / best.bytes,
+            "accuracy_delta_points": 100 * (test_accuracy - dense.accuracy),
+            "candidates": [
+                {
+                    "values": cand.name,
+                    "bytes": cand.bytes,
+                    "planned_density": cand.planned_density,
+                    "nonzeros": cand.nonzeros,
+                    "val_accuracy": cand.val_accuracy,
+                    "chosen": cand is best,
+                }
+                for cand in compression.candidates
+            ],
+            **c_facts,
+            "files": [source.header_name, source.source_name, "harness.c"],
+            **(extra or {}),
+        }
+        report["seconds_writing"] = round(time.perf_counter() - started, 2)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)  # only reached with force (check_output_dir ran first)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
