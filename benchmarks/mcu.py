@@ -89,20 +89,26 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="mcu_benchmark.json")
+    parser.add_argument("--methods", default="plain,prunekit")
+    parser.add_argument("--values", default="8,4", help="prunekit's candidate value bits")
+    parser.add_argument("--neuron-exponent", type=float, default=Recipe().neuron_exponent)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = load_idx_splits("fashion-mnist", args.data_dir)
     print(data.describe(), flush=True)
-    recipe = Recipe()
+    recipe = Recipe(neuron_exponent=args.neuron_exponent)
+    value_bits = tuple(int(b) for b in args.values.split(","))
     dense = train_dense(LENET, data, recipe, log=print)
     dense_acc, dense_bytes = dense_accuracy(dense, data), _fp32_bytes(dense)
     rows: list[dict[str, Any]] = []
     for ratio in [float(r) for r in args.ratios.split(",")]:
         budget = int(dense_bytes / ratio)
-        for method in ("plain", "prunekit"):
+        for method in args.methods.split(","):
             print(f"\n== {ratio:g}x = {budget} bytes, {method}", flush=True)
-            result = compress_to_budget(dense, data, budget, recipe, method=method, log=print)
+            result = compress_to_budget(
+                dense, data, budget, recipe, value_bits, method=method, log=print
+            )
             for cand in result.candidates:
                 row = _row(method, cand, data, dense_acc, dense_bytes)
                 row.update(budget=f"{ratio:g}x", budget_bytes=budget, chosen=cand is result.best)
