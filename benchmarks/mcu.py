@@ -91,13 +91,19 @@ def main() -> None:
     parser.add_argument("--out", default="mcu_benchmark.json")
     parser.add_argument("--methods", default="plain,prunekit")
     parser.add_argument("--values", default="8,4", help="prunekit's candidate value bits")
+    parser.add_argument("--prune-epochs", type=int, default=Recipe().prune_epochs)
+    parser.add_argument("--finetune-epochs", type=int, default=Recipe().finetune_epochs)
     parser.add_argument("--neuron-exponent", type=float, default=Recipe().neuron_exponent)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = load_idx_splits("fashion-mnist", args.data_dir)
     print(data.describe(), flush=True)
-    recipe = Recipe(neuron_exponent=args.neuron_exponent)
+    recipe = Recipe(
+        neuron_exponent=args.neuron_exponent,
+        prune_epochs=args.prune_epochs,
+        finetune_epochs=args.finetune_epochs,
+    )
     value_bits = tuple(int(b) for b in args.values.split(","))
     dense = train_dense(LENET, data, recipe, log=print)
     dense_acc, dense_bytes = dense_accuracy(dense, data), _fp32_bytes(dense)
@@ -137,12 +143,18 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(record, indent=2))
     print("\nsummary (integer test accuracy delta vs dense, at equal budgets):")
     for ratio in sorted({r["budget"] for r in rows}, key=lambda b: float(b[:-1])):
-        plain = next(r for r in rows if r["budget"] == ratio and r["method"] == "plain")
-        ours = next(
+        plain = [r for r in rows if r["budget"] == ratio and r["method"] == "plain"]
+        ours = [
             r for r in rows if r["budget"] == ratio and r["method"] == "prunekit" and r["chosen"]
-        )
-        print(f"  {ratio}: prunekit {ours['ratio']:.1f}x {ours['delta_points']:+.2f} pts "
-              f"({ours['candidate']}) vs plain {plain['ratio']:.1f}x {plain['delta_points']:+.2f} pts")  # fmt: skip
+        ]
+        line = f"  {ratio}:"
+        if ours:
+            line += f" prunekit {ours[0]['ratio']:.1f}x {ours[0]['delta_points']:+.2f} pts ({ours[0]['candidate']})"
+        if plain:
+            line += f" | plain {plain[0]['ratio']:.1f}x {plain[0]['delta_points']:+.2f} pts"
+        if ours and plain:
+            line += f" | prunekit - plain: {ours[0]['delta_points'] - plain[0]['delta_points']:+.2f} pts"
+        print(line)
     print(f"total time {time.perf_counter() - start:.0f} s; wrote {args.out}")
 
 

@@ -110,7 +110,7 @@ def test_existing_output_is_refused_and_untouched(cli, tmp_path: Path) -> None: 
         (["--arch", "64-x-10"], "cannot parse architecture"),
         (["--arch", "784-300-10"], "64 features"),
         (["--flash", "lots"], "cannot parse the byte budget"),
-        (["--flash", "200"], "cannot be met"),
+        (["--flash", "100"], "cannot be met"),
         (["--values", "9"], "--values"),
     ],
 )
@@ -215,3 +215,17 @@ def test_deploy_error_for_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(DeploymentError, match="not a directory"):
         deploy.check_output_dir(tmp_path / "f", force=True)
+
+
+def test_plan_says_by_how_much_a_budget_is_missed() -> None:
+    from prunekit.mcu.arch import build_mlp
+    from prunekit.mcu.compress import plan_density
+
+    model = build_mlp([64, 48, 10])
+    with pytest.raises(
+        DeploymentError, match=r"cannot be met: the smallest .* is \d+ bytes \(\d+ over"
+    ):
+        plan_density(model, 150, 4, "prunekit", neuron_exponent=1.0)
+    density = plan_density(model, 2000, 4, "prunekit", neuron_exponent=1.0)
+    assert 0 < density < 1
+    assert plan_density(model, 10**6, 8, "prunekit") == 1.0  # dense int8 fits: no pruning

@@ -91,7 +91,7 @@ def compress_and_write(
     widths = parse_arch(arch_text)
     value_bits = parse_values(args.values)
     out = check_output_dir(args.out, args.force)
-    check_budget_feasible(widths, budget, value_bits)
+    check_budget_feasible(widths, budget)
     data = load_splits(dataset, data_dir, seed=args.seed)
     check_fits_data(widths, data.features, data.classes, dataset)
     say(data.describe())

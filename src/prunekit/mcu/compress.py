@@ -230,24 +230,23 @@ def plan_density(
     return low
 
 
-def check_budget_feasible(widths: Sequence[int], budget: int, value_bits: Sequence[int]) -> None:
-    """Fail before any training when no candidate of this architecture can fit ``budget``.
+def check_budget_feasible(widths: Sequence[int], budget: int) -> None:
+    """Fail before any training when no model of this shape can fit ``budget``.
 
-    Storage size depends on the sparsity pattern, not on trained values, so an untrained model
-    of the same widths gives the same verdict; the last candidate's error is raised.
+    A necessary condition only (the exact answer needs trained weights): even with one neuron
+    left per hidden layer, every output row stores a bias, a multiplier and a shift, and every
+    layer at least one stored weight.
     """
-    from prunekit.mcu.arch import build_mlp
-
-    model = build_mlp(list(widths))
-    error: DeploymentError | None = None
-    for bits in sorted(value_bits):
-        try:
-            plan_density(model, budget, bits, "prunekit", neuron_exponent=1.0)
-            return
-        except DeploymentError as exc:
-            error = exc
-    assert error is not None
-    raise error
+    per_row = storage.BIAS_BYTES + storage.MULTIPLIER_BYTES + storage.SHIFT_BYTES
+    rows = (len(widths) - 2) + widths[-1]
+    minimum = per_row * rows + (len(widths) - 1)
+    if budget < minimum:
+        raise DeploymentError(
+            f"the flash budget of {budget} bytes cannot be met: even with one neuron per hidden "
+            f"layer the {widths[-1]} outputs and {len(widths) - 2} hidden neurons need {per_row} "
+            f"bytes each for bias and requantisation, at least {minimum} bytes in all "
+            f"({minimum - budget} over)"
+        )
 
 
 def train_dense(
