@@ -225,7 +225,7 @@ def test_plan_says_by_how_much_a_budget_is_missed() -> None:
     with pytest.raises(
         DeploymentError, match=r"cannot be met: the smallest .* is \d+ bytes \(\d+ over"
     ):
-        plan_density(model, 150, 4, "prunekit", neuron_exponent=1.0)
+        plan_density(model, 95, 4, "prunekit", neuron_exponent=1.0)
     density = plan_density(model, 2000, 4, "prunekit", neuron_exponent=1.0)
     assert 0 < density < 1
     assert plan_density(model, 10**6, 8, "prunekit") == 1.0  # dense int8 fits: no pruning
