@@ -98,12 +98,23 @@ def test_weight_sharing_limits_distinct_values_and_keeps_zeros() -> None:
             linear.weight.mul_(torch.rand_like(linear.weight) > 0.6)
     zeros = [(linear.weight == 0).clone() for linear in linear_layers(model)]
     sharing = WeightSharing(linear_layers(model), bits=3)
-    # an optimizer step moves weights; projecting moves them back onto <= 7 shared values
-    with torch.no_grad():
-        for linear in linear_layers(model):
-            linear.weight.add_(0.01 * torch.randn_like(linear.weight))
-    sharing.project()
+    # training moves the latent weights; the forward pass only ever sees shared values
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 40), torch.randint(0, 5, (64,))
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sharing.project()
+        for linear, share in zip(linear_layers(model), sharing.shares, strict=True):
+            units = (linear.weight.detach().double() / share.scale)[linear.weight != 0]
+            distance = (units[:, None] - share.centroids[None, :]).abs().amin(dim=1)
+            assert len(share.centroids) <= 7 and float(distance.max()) < 1e-3
+    before = model(x).detach()
     scales = sharing.finalize()
+    assert not any(hasattr(linear, "parametrizations") for linear in linear_layers(model))
+    torch.testing.assert_close(model(x), before, atol=0.05, rtol=0)  # only rounding moved
     for linear, zero, scale in zip(linear_layers(model), zeros, scales, strict=True):
         units = linear.weight.detach().double() / torch.from_numpy(scale)[:, None]
         assert bool((units[zero] == 0).all()), "pruned weights stay pruned"

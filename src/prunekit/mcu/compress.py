@@ -47,6 +47,7 @@ from prunekit.sparsity import CubicSchedule, MaskSet, magnitude_masks
 
 Log = Callable[[str], None]
 PLAIN_FORMATS = ("relative",)
+PROMISING_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -411,9 +412,11 @@ def compress_candidate(
     recipe: Recipe,
     method: str = "prunekit",
     log: Log = lambda _: None,
+    density: float | None = None,
 ) -> Candidate:
     name = "int8" if value_bits >= 8 else f"shared {value_bits}-bit"
-    density = plan_density(dense, budget, value_bits, method, recipe.neuron_exponent)
+    if density is None:
+        density = plan_density(dense, budget, value_bits, method, recipe.neuron_exponent)
     log(f"{name}: planned density {density:.2%} of the weights")
     model, _ = _prune(dense, data, density, recipe, method, budget, value_bits, log)
     log(f"  pruned and fine-tuned: validation accuracy {_val(model, data):.2%} (float)")
@@ -451,13 +454,32 @@ def compress_to_budget(
     """Every candidate encoding compressed to ``budget``; ``.best`` is the most accurate."""
     if method not in ("prunekit", "plain"):
         raise ValueError(f"unknown method {method!r}")
-    bits = (8,) if method == "plain" else tuple(value_bits)
+    bits = (8,) if method == "plain" else tuple(dict.fromkeys(value_bits))
     result = Compression(budget, method)
-    for value_bits_ in bits:
+    densities = _promising(dense, budget, bits, recipe, method, log)
+    for value_bits_, density in densities.items():
         result.candidates.append(
-            compress_candidate(dense, data, budget, value_bits_, recipe, method, log)
+            compress_candidate(dense, data, budget, value_bits_, recipe, method, log, density)
         )
     return result
+
+
+def _promising(
+    dense: nn.Module, budget: int, bits: Sequence[int], recipe: Recipe, method: str, log: Log
+) -> dict[int, float]:
+    """Candidates worth training, with their planned densities: a value encoding whose budget keeps fewer than half the
+    weights another one keeps loses so much capacity that training it is wasted time."""
+    densities = {b: plan_density(dense, budget, b, method, recipe.neuron_exponent) for b in bits}
+    total = sum(w.numel() for w in _weights(dense).values())
+    kept = {b: density * total for b, density in densities.items()}
+    most = max(kept.values())
+    chosen = [b for b in bits if kept[b] >= PROMISING_SHARE * most]
+    for b in bits:
+        if b not in chosen:
+            name = "int8" if b >= 8 else f"shared {b}-bit"
+            log(f"{name}: skipped, the budget keeps only {kept[b]:,.0f} weights against "
+                f"{most:,.0f} for the best encoding")  # fmt: skip
+    return {b: densities[b] for b in chosen}
 
 
 def dense_accuracy(model: nn.Module, data: Splits) -> float:
