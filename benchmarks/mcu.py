@@ -85,14 +85,17 @@ def _print_rows(rows: list[dict[str, Any]], dense_bytes: int, dense_acc: float) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(FASHION_MNIST_DEBIAN_DIR))
-    parser.add_argument("--ratios", default="40,60,80", help="compression ratios vs fp32")
+    parser.add_argument(
+        "--ratios", default="40,60,80", help="compression ratios vs fp32 ('' for none)"
+    )
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="mcu_benchmark.json")
     parser.add_argument("--methods", default="plain,prunekit")
-    parser.add_argument("--values", default="8,4", help="prunekit's candidate value bits")
+    parser.add_argument("--values", default="8,4,3", help="prunekit's candidate value bits")
     parser.add_argument("--prune-epochs", type=int, default=Recipe().prune_epochs)
     parser.add_argument("--finetune-epochs", type=int, default=Recipe().finetune_epochs)
+    parser.add_argument("--sharing-epochs", type=int, default=Recipe().sharing_epochs)
     parser.add_argument("--neuron-exponent", type=float, default=Recipe().neuron_exponent)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,12 +106,13 @@ def main() -> None:
         neuron_exponent=args.neuron_exponent,
         prune_epochs=args.prune_epochs,
         finetune_epochs=args.finetune_epochs,
+        sharing_epochs=args.sharing_epochs,
     )
     value_bits = tuple(int(b) for b in args.values.split(","))
     dense = train_dense(LENET, data, recipe, log=print)
     dense_acc, dense_bytes = dense_accuracy(dense, data), _fp32_bytes(dense)
     rows: list[dict[str, Any]] = []
-    for ratio in [float(r) for r in args.ratios.split(",")]:
+    for ratio in [float(r) for r in args.ratios.split(",") if r]:
         budget = int(dense_bytes / ratio)
         for method in args.methods.split(","):
             print(f"\n== {ratio:g}x = {budget} bytes, {method}", flush=True)

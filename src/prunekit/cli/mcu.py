@@ -16,10 +16,10 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--values",
-        default="8,4",
+        default="8,4,3",
         metavar="BITS",
         help="candidate value encodings, comma-separated: 8 = int8, fewer = shared values "
-        "(weight sharing); the most accurate candidate that fits is kept (default 8,4)",
+        "(weight sharing); the most accurate candidate that fits is kept (default 8,4,3)",
     )
     parser.add_argument("--json", action="store_true", help="print report.json on stdout")
     add_debug(parser)

@@ -55,9 +55,9 @@ class Recipe:
     """How long and how hard each training phase runs."""
 
     dense_epochs: int = 30
-    prune_epochs: int = 30  # the cubic schedule ends two thirds of the way through
-    finetune_epochs: int = 20
-    sharing_epochs: int = 6
+    prune_epochs: int = 60  # the cubic schedule ends two thirds of the way through
+    finetune_epochs: int = 30
+    sharing_epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 128
     distill_weight: float = 0.7
@@ -66,7 +66,7 @@ class Recipe:
     # Weight score = |w| * (importance of the two neurons it connects) ** neuron_exponent.
     # 0 is plain magnitude; above 0, pruning concentrates in fewer neurons, which then die and
     # are cut: fewer rows cost less bias/multiplier storage and shorter index gaps.
-    neuron_exponent: float = 1.0
+    neuron_exponent: float = 0.5
     seed: int = 0
 
     @classmethod
@@ -429,7 +429,7 @@ def compress_candidate(
     if value_bits < 8:
         sharing = WeightSharing(linear_layers(model), bits=value_bits)
         config = TrainConfig(epochs=recipe.sharing_epochs, min_epochs=0, batch_size=recipe.batch_size,
-                             lr=recipe.lr / 5, distill_weight=recipe.distill_weight,
+                             lr=recipe.lr / 2, distill_weight=recipe.distill_weight,
                              patience=recipe.patience, seed=recipe.seed)  # fmt: skip
         fit(model, data, config, teacher=dense, after_step=[sharing.project])
         scales = sharing.finalize()
@@ -447,7 +447,7 @@ def compress_to_budget(
     data: Splits,
     budget: int,
     recipe: Recipe,
-    value_bits: Sequence[int] = (8, 4),
+    value_bits: Sequence[int] = (8, 4, 3),
     method: str = "prunekit",
     log: Log = lambda _: None,
 ) -> Compression:
