@@ -7,6 +7,7 @@ a 6 KB flash budget, exports C, compiles it and checks it against the Python int
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out == DEFAULT_OUT and _is_previous_demo(Path(args.out)):
         args.force = True  # rerunning the README command must just work
-    report = compress_and_write(args, "digits", None, DEMO_ARCH, Recipe.quick())
+    recipe = Recipe.quick()
+    if args.no_distill:
+        recipe = dataclasses.replace(recipe, distill_weight=0.0)
+    report = compress_and_write(args, "digits", None, DEMO_ARCH, recipe)
     # Mark the output as the demo's own so a rerun may replace it.
     report_path = Path(args.out) / "report.json"
     report["demo"] = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -20,6 +21,11 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BITS",
         help="candidate value encodings, comma-separated: 8 = int8, fewer = shared values "
         "(weight sharing); the most accurate candidate that fits is kept (default 8,4,3)",
+    )
+    parser.add_argument(
+        "--no-distill",
+        action="store_true",
+        help="fine-tune on the labels only, without distillation from the dense model",
     )
     parser.add_argument("--json", action="store_true", help="print report.json on stdout")
     add_debug(parser)
@@ -144,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe.quick() if args.quick or args.dataset == "digits" else Recipe()
     if args.quick and args.dataset != "digits":
         recipe = Recipe(dense_epochs=8, prune_epochs=8, finetune_epochs=4, sharing_epochs=2)
+    if args.no_distill:
+        recipe = dataclasses.replace(recipe, distill_weight=0.0)
     report = compress_and_write(args, args.dataset, args.data_dir, arch, recipe)
     if args.json:
         print_json(report)
