@@ -321,3 +321,12 @@ def test_c_array_refuses_values_that_would_wrap() -> None:
         CArray("shift", "int8_t", np.array([200]))
     with pytest.raises(DeploymentError, match="unsupported C array type 'int64_t'"):
         CArray("x", "int64_t", np.array([1]))
+
+
+def test_codebook_bits_with_auto_k_skips_widths_that_need_fillers() -> None:
+    # two values, far apart: 1-bit codes fit only where no filler zero is needed (k = 8)
+    w = np.zeros((1, 200), dtype=np.int8)
+    w[0, 21], w[0, 150] = 89, 35
+    enc = encode(w, "relative_cb", bits=1)
+    assert enc.params["bits"] == 1 and enc.params["k"] == 8
+    assert np.array_equal(enc.decode(), w)

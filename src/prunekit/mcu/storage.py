@@ -300,7 +300,17 @@ def encode(weight: np.ndarray, format: str, **params: int | None) -> EncodedWeig
     k = params.get("k")
     bits = params.get("bits")
     if format.startswith("relative") and k is None:
-        options = [encode(w, format, k=kk, bits=bits) for kk in RELATIVE_K_RANGE]
+        options: list[EncodedWeights] = []
+        failure: DeploymentError | None = None
+        for kk in RELATIVE_K_RANGE:
+            try:
+                options.append(encode(w, format, k=kk, bits=bits))
+            except DeploymentError as exc:
+                # a narrow k needs filler zeros, which may not fit the requested codebook
+                failure = exc
+        if not options:
+            assert failure is not None
+            raise failure
         return min(options, key=lambda e: (e.nbytes, e.params["k"]))
 
     out, inp = w.shape
