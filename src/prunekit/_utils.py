@@ -30,17 +30,10 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'}"
 
 
-def meta_copy(model: nn.Module) -> nn.Module | None:
-    """A structural copy of ``model`` whose parameters and buffers live on ``meta``.
-
-    Modules are copied (their ``__dict__`` shallowly, so a sync or class swap on the copy never
-    reaches the original), parameters and buffers are replaced by meta twins, and no weight
-    data is copied: cheap even for models that fill the GPU. Other attributes are shared with
-    the original, as nothing prunekit runs mutates them. Returns None for a module that cannot
-    be copied this way.
-    """
+def _meta_twins() -> Callable[[Any], Any]:
+    """A function giving each tensor one meta-device twin (a Parameter stays a Parameter), the
+    same twin every time it is asked, so tensors shared between modules stay shared."""
     twins: dict[int, Any] = {}
-    copies: dict[int, nn.Module] = {}
 
     def twin(t: Any) -> Any:
         if t is None:
@@ -53,6 +46,22 @@ def meta_copy(model: nn.Module) -> nn.Module | None:
                 else meta
             )
         return twins[id(t)]
+
+    return twin
+
+
+def meta_copy(model: nn.Module) -> nn.Module | None:
+    """A structural copy of ``model`` whose parameters and buffers live on ``meta``.
+
+    Modules are copied (their ``__dict__`` shallowly, so a sync or class swap on the copy never
+    reaches the original), parameters and buffers are replaced by meta twins, and no weight
+    data is copied: cheap even for models that fill the GPU. Other attributes are shared with
+    the original, as nothing prunekit runs mutates them. Returns None for a module that cannot
+    be copied this way.
+    """
+    copies: dict[int, nn.Module] = {}
+
+    twin = _meta_twins()
 
     def clone(module: nn.Module) -> nn.Module:
         if id(module) in copies:  # a module shared by two parents stays shared
@@ -110,19 +119,8 @@ def swapped_to_meta(model: nn.Module) -> Iterator[nn.Module]:
     whatever the forward pass stored on a module (a cache, a flag) is undone too.
     """
     saved = []
-    twins: dict[int, Any] = {}
 
-    def twin(t: Any) -> Any:
-        if t is None:
-            return None
-        if id(t) not in twins:
-            meta = t.detach().to("meta")
-            twins[id(t)] = (
-                nn.Parameter(meta, requires_grad=t.requires_grad)
-                if isinstance(t, nn.Parameter)
-                else meta
-            )
-        return twins[id(t)]
+    twin = _meta_twins()
 
     for module in model.modules():
         saved.append((module, dict(module.__dict__)))
