@@ -256,3 +256,25 @@ def test_pruner_validation(kwargs: dict[str, Any], message: str) -> None:
 def test_model_without_prunable_layers_is_an_error() -> None:
     with pytest.raises(SparsityError, match=r"no nn\.Linear or nn\.Conv\*d weight"):
         GradualPruner(nn.Sequential(nn.BatchNorm1d(3)), ZHU_GUPTA)
+
+
+def test_gradual_pruner_ranks_by_a_custom_score() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+
+    # a score that makes every weight of the first layer less important than any of the second
+    def score(weights):  # type: ignore[no-untyped-def]
+        return {
+            n: w.detach().abs() + (0.0 if n == "0.weight" else 10.0) for n, w in weights.items()
+        }
+
+    schedule = CubicSchedule(0.0, 0.5, begin_step=0, end_step=0, frequency=1)
+    pruner = GradualPruner(model, schedule, score=score)
+    original = model[0].weight.detach().abs().clone()
+    pruner.step()
+    # 50% of 72 weights = 36 pruned, all from the first layer (48 weights), smallest |w| first
+    first = model[0].weight.detach()
+    assert int((first == 0).sum()) == 36 and int((model[2].weight == 0).sum()) == 0
+    keep = pruner.masks["0.weight"]
+    assert int(keep.sum()) == 12
+    assert float(original[keep].min()) >= float(original[~keep].max())

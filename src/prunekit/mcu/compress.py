@@ -43,7 +43,7 @@ from prunekit.mcu.quantize import quantize_mlp
 from prunekit.mcu.sharing import WeightSharing, linear_layers
 from prunekit.mcu.shrink import remove_dead_neurons
 from prunekit.mcu.train import TrainConfig, accuracy, fit
-from prunekit.sparsity import CubicSchedule, MaskSet, magnitude_masks
+from prunekit.sparsity import CubicSchedule, GradualPruner, MaskSet, magnitude_masks
 
 Log = Callable[[str], None]
 PLAIN_FORMATS = ("relative",)
@@ -273,31 +273,9 @@ def integer_accuracy(qmodel: QuantizedMLP, x: torch.Tensor, y: torch.Tensor) -> 
     return float((predictions == y.numpy()).mean())
 
 
-class _ScoredPruner:
-    """Gradual pruning on the cubic schedule with ``neuron_scores`` (``GradualPruner`` ranks by
-    plain magnitude); masks only ever shrink and are re-applied after every step."""
-
-    def __init__(self, model: nn.Module, schedule: CubicSchedule, exponent: float) -> None:
-        self.weights = _weights(model)
-        self.schedule = schedule
-        self.exponent = exponent
-        ones = {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()}
-        self.masks = MaskSet(model, ones)
-        self.steps = 0
-
-    def step(self) -> None:
-        if self.schedule.is_update_step(self.steps):
-            sparsity = self.schedule.sparsity_at(self.steps)
-            if sparsity > 0:
-                scores = neuron_scores(self.weights, self.exponent)
-                masks = magnitude_masks(self.weights, sparsity, scores=scores)
-                self.masks.update({n: m & self.masks.masks[n] for n, m in masks.items()})
-        self.masks.apply()
-        self.steps += 1
-
-
 def _correct_to_budget(
-    pruner: _ScoredPruner,
+    pruner: GradualPruner,
+    exponent: float,
     model: nn.Module,
     data: Splits,
     dense: nn.Module,
@@ -312,9 +290,10 @@ def _correct_to_budget(
     time, while they miss the budget. Cheaper than discovering it after quantisation, where
     weights can only be dropped without recovery."""
     target = budget * 0.995  # quantisation leaves the bytes as they are; keep a small margin
-    total = sum(w.numel() for w in pruner.weights.values())
+    weights = _weights(model)
+    total = sum(w.numel() for w in weights.values())
     for _ in range(8):
-        masks = list(pruner.masks.masks.values())
+        masks = list(pruner.masks.values())
         planned = _without_dead_neurons(masks) if method == "prunekit" else masks
         size = _bytes_for_masks(planned, value_bits, method)
         if size <= target:
@@ -323,12 +302,12 @@ def _correct_to_budget(
         drop = max(1, math.ceil(kept * (size - target) / size * 1.1))
         log(f"  {size} bytes after pruning, {size - budget:+d} against the budget: pruning "
             f"{drop} more weights")  # fmt: skip
-        scores = neuron_scores(pruner.weights, pruner.exponent)
+        scores = neuron_scores(weights, exponent)
         sparsity = min(0.999999, 1 - (kept - drop) / total)
-        update = magnitude_masks(pruner.weights, sparsity, scores=scores)
-        pruner.masks.update({n: m & pruner.masks.masks[n] for n, m in update.items()})
+        update = magnitude_masks(weights, sparsity, scores=scores)
+        pruner.mask_set.update({n: m & pruner.masks[n] for n, m in update.items()})
         fit(model, data, replace(config, epochs=1, min_epochs=1), teacher=dense,
-            after_step=[pruner.masks.apply])  # fmt: skip
+            after_step=[pruner.mask_set.apply])  # fmt: skip
 
 
 def _prune(
@@ -348,17 +327,24 @@ def _prune(
     end = max(1, recipe.prune_epochs * steps_per_epoch * 2 // 3)
     schedule = CubicSchedule(0.0, 1.0 - density, 0, end, max(1, steps_per_epoch // 4))
     exponent = recipe.neuron_exponent if method == "prunekit" else 0.0
-    pruner = _ScoredPruner(model, schedule, exponent)
+    pruner = GradualPruner(
+        model,
+        schedule,
+        parameters=list(_weights(model)),
+        score=lambda weights: neuron_scores(dict(weights), exponent),
+    )
     distill = recipe.distill_weight if method == "prunekit" else 0.0
     config = TrainConfig(epochs=recipe.prune_epochs, min_epochs=recipe.prune_epochs,
                          batch_size=recipe.batch_size, lr=recipe.lr, distill_weight=distill,
                          seed=recipe.seed)  # fmt: skip
     # step() prunes on its schedule and keeps masks enforced after each optimizer step.
-    fit(model, data, config, teacher=dense, after_step=[pruner.step])
-    while pruner.steps <= end:  # a schedule longer than the epochs still finishes
+    fit(model, data, config, teacher=dense, after_step=[pruner.step, pruner.mask_set.apply])
+    while pruner.step_count <= end:  # a schedule longer than the epochs still finishes
         pruner.step()
-    _correct_to_budget(pruner, model, data, dense, config, budget, value_bits, method, log)
-    mask_set = pruner.masks
+    _correct_to_budget(
+        pruner, exponent, model, data, dense, config, budget, value_bits, method, log
+    )
+    mask_set = pruner.mask_set
     finetune = replace(config, epochs=recipe.finetune_epochs, min_epochs=0, lr=recipe.lr / 2,
                        patience=recipe.patience)  # fmt: skip
     fit(model, data, finetune, teacher=dense, after_step=[mask_set.apply])

@@ -13,7 +13,7 @@ evaluated only at update steps ``t0, t0 + frequency, ...`` and ``end`` (held in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -132,6 +132,8 @@ class GradualPruner:
     along the input dimension (dim 1; dim 0 for 1-D tensors), computed on the weights that
     survived, so the result is both N:M and at least as sparse as ``final_sparsity``. Keep
     ``final_sparsity`` below ``1 - n/m`` to let most of the pruning happen gradually.
+    ``score``: importance of every weight, from the pruned parameters by name (default
+    ``|w|``); e.g. ``prunekit.mcu.compress.neuron_scores``.
 
     Masks only grow: a weight pruned at one update stays pruned at every later one.
     """
@@ -144,8 +146,10 @@ class GradualPruner:
         scope: Scope = "global",
         final_sparsity_by_name: Mapping[str, float] | None = None,
         nm: tuple[int, int] | None = None,
+        score: Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]] | None = None,
     ) -> None:
         _check_scope(scope)
+        self._score = score
         self._model = model
         self._schedule = schedule
         self._scope: Scope = scope
@@ -287,9 +291,13 @@ class GradualPruner:
     def _scores(self, previous: Mapping[str, Tensor]) -> dict[str, Tensor]:
         # already-pruned weights rank below every surviving one (|w| >= 0 > -1), so they are
         # chosen first and never come back, even if something made them non-zero meanwhile
+        base = (
+            {name: param.detach().abs() for name, param in self._params.items()}
+            if self._score is None
+            else self._score(self._params)
+        )
         return {
-            name: torch.where(previous[name], param.detach().abs(), -1.0)
-            for name, param in self._params.items()
+            name: torch.where(previous[name], base[name].detach(), -1.0) for name in self._params
         }
 
     def _unstructured(self, step: int, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
