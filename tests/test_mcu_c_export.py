@@ -52,26 +52,36 @@ def random_model(
     sparsity: float | list[float],
     shared: bool = False,
     calibration: np.ndarray | None = None,
+    per_layer_scale: bool = False,
+    bias_limits: list[int] | None = None,
 ) -> QuantizedMLP:
     """A random integer MLP whose shifts are calibrated so that activations spread over the
     int8 range (random shifts in [-12, 0] would saturate nearly every output to -128/127 and
-    test little), plus a couple of rows with positive shifts that do saturate."""
+    test little), plus a couple of rows with positive shifts that do saturate.
+
+    ``per_layer_scale``: one multiplier and shift per layer (as weight sharing produces);
+    ``bias_limits``: per layer, biases are drawn from [-limit, limit) (default 3000)."""
     sparsities = sparsity if isinstance(sparsity, list) else [sparsity] * (len(widths) - 1)
     x = calibration if calibration is not None else rng.integers(-128, 128, (64, widths[0]))
     layers: list[QuantizedLinear] = []
     input_zero_point = int(rng.integers(-20, 20))
     for i, (inp, out) in enumerate(pairwise(widths)):
         w = random_weight(rng, out, inp, sparsities[i], shared)
-        bias = rng.integers(-3000, 3000, out).astype(np.int32)
+        limit = bias_limits[i] if bias_limits is not None else 3000
+        bias = rng.integers(-limit, limit, out).astype(np.int32)
         acc = x.astype(np.int64) @ w.astype(np.int64).T + bias
         spread = np.maximum(acc.std(axis=0), 1.0)
         shift = np.clip(np.round(np.log2(40.0 / spread)), -12, 0) + rng.integers(-1, 2, out)
         shift = np.clip(shift, -12, 0).astype(np.int32)
         shift[rng.integers(0, out, 2)] = rng.integers(1, 3, 2)
+        multiplier = rng.integers(2**30, 2**31, out).astype(np.int32)
+        if per_layer_scale:
+            shift[:] = int(np.median(shift))
+            multiplier[:] = multiplier[0]
         layer = QuantizedLinear(
             weight=w,
             bias=bias,
-            multiplier=rng.integers(2**30, 2**31, out).astype(np.int32),
+            multiplier=multiplier,
             shift=shift,
             output_zero_point=int(rng.integers(-128, 0)) if i < len(widths) - 2 else 0,
             relu=i < len(widths) - 2,
@@ -150,7 +160,8 @@ def test_lenet_best_encoding_is_bit_exact_and_small(lenet: QuantizedMLP, tmp_pat
     first = source.encodings[0]
     assert (first.format, first.params["bits"]) == ("relative_cb", 4)
     report = storage_report(lenet, source.encodings)
-    assert source.data_bytes == report.total == report.weights + 9 * (300 + 100 + 10)
+    # biases in [-3000, 3000) are int16; multipliers int32 and shifts int8 per row
+    assert source.data_bytes == report.total == report.weights + 7 * (300 + 100 + 10)
     # 95 % sparse with 15 shared values: about k + 4 bits per non-zero, fillers included
     nnz = sum(int(np.count_nonzero(layer.weight)) for layer in lenet.layers)
     assert report.weights < 1.35 * nnz
@@ -247,7 +258,7 @@ def test_symbol_sizes_equal_the_accounting(
             name = f"tiny_net_l{i}_{array.name_suffix}"
             assert sizes.symbols.get(name, 0) == array.nbytes, name
         out = model.layers[i].out_features
-        assert sizes.symbols[f"tiny_net_l{i}_bias"] == 4 * out
+        assert sizes.symbols[f"tiny_net_l{i}_bias"] == 2 * out  # int16 biases
         assert sizes.symbols[f"tiny_net_l{i}_mult"] == 4 * out
         assert sizes.symbols[f"tiny_net_l{i}_shift"] == out
     measured = sum(sizes.symbols[name] for name in source.symbols)
@@ -332,3 +343,27 @@ def test_generate_c_rejects_bad_models(small_model: QuantizedMLP) -> None:
         DeploymentError, match="layer 1 takes 24 inputs but the previous layer gives 40"
     ):
         generate_c(mismatch)
+
+
+@needs_binutils
+def test_compact_row_arrays_are_exact_and_accounted(tmp_path: Path) -> None:
+    """One multiplier and shift per layer, biases narrowed to int8 / int16 / int32 per layer:
+    the C code reads the single elements for every row and nm sees exactly those bytes."""
+    rng = np.random.default_rng(21)
+    model = random_model(rng, SMALL_WIDTHS, [0.9, 0.5, 0.0], shared=True, per_layer_scale=True,
+                         bias_limits=[100, 3000, 3000])  # fmt: skip
+    model.layers[2].bias[0] = 70_000  # one large bias makes the whole array int32
+    source = generate_c(model, prefix="tiny_net")
+    assert "tiny_net_l0_mult[0]" in source.source and "tiny_net_l0_mult[o]" not in source.source
+    sizes = measure_object(source, tmp_path)
+    widths = SMALL_WIDTHS[1:]
+    for i, (out, bias_bytes) in enumerate(zip(widths, [1, 2, 4], strict=True)):
+        assert sizes.symbols[f"tiny_net_l{i}_bias"] == bias_bytes * out
+        assert sizes.symbols[f"tiny_net_l{i}_mult"] == 4
+        assert sizes.symbols[f"tiny_net_l{i}_shift"] == 1
+    report = storage_report(model, source.encodings)
+    assert report.total == report.weights + sum(
+        w * b + 5 for w, b in zip(widths, [1, 2, 4], strict=True)
+    )
+    assert sum(sizes.symbols[name] for name in source.symbols) == report.total
+    assert_exact(model, source, samples(np.random.default_rng(22), SMALL_WIDTHS[0]), tmp_path)

@@ -14,9 +14,11 @@ from prunekit.mcu.storage import (
     CArray,
     EncodedWeights,
     best_encoding,
+    compact_array,
     encode,
     model_storage,
     pack_bits,
+    row_arrays,
     storage_report,
     unpack_bits,
 )
@@ -272,12 +274,12 @@ def test_storage_report_counts_every_array() -> None:
     encodings = model_storage(model)
     report = storage_report(model, encodings)
     assert [lb.format for lb in report.layers] == [e.format for e in encodings]
-    for lb, enc, w in zip(report.layers, encodings, ws, strict=True):
-        out = w.shape[0]
-        assert (lb.weights, lb.bias, lb.multiplier, lb.shift) == (enc.nbytes, 4 * out, 4 * out, out)
-        assert lb.total == enc.nbytes + 9 * out
+    # zero biases, one multiplier and one shift for all rows: one element each
+    for lb, enc in zip(report.layers, encodings, strict=True):
+        assert (lb.weights, lb.bias, lb.multiplier, lb.shift) == (enc.nbytes, 1, 4, 1)
+        assert lb.total == enc.nbytes + 6
     assert report.weights == sum(e.nbytes for e in encodings)
-    assert report.total == report.weights + 9 * 24
+    assert report.total == report.weights + 12
     assert str(report.total) in report.table().splitlines()[-1]
     forced = storage_report(model, formats=["dense"])
     assert forced.weights == 20 * 30 + 4 * 20
@@ -330,3 +332,42 @@ def test_codebook_bits_with_auto_k_skips_widths_that_need_fillers() -> None:
     enc = encode(w, "relative_cb", bits=1)
     assert enc.params["bits"] == 1 and enc.params["k"] == 8
     assert np.array_equal(enc.decode(), w)
+
+
+@pytest.mark.parametrize(
+    ("values", "ctype", "size"),
+    [
+        ([5, 5, 5], "int8_t", 1),
+        ([-128, 127, 0], "int8_t", 3),
+        ([-129, 0], "int16_t", 2),
+        ([2**15 - 1, -(2**15)], "int16_t", 2),
+        ([2**15, 7], "int32_t", 2),
+        ([2**30, 2**30], "int32_t", 1),
+        ([-(2**31), 2**31 - 1], "int32_t", 2),
+    ],
+)
+def test_compact_array_picks_the_narrowest_exact_type(
+    values: list[int], ctype: str, size: int
+) -> None:
+    array = compact_array("bias", np.array(values, dtype=np.int64))
+    assert (array.ctype, array.values.size) == (ctype, size)
+    assert array.nbytes == size * {"int8_t": 1, "int16_t": 2, "int32_t": 4}[ctype]
+    expanded = np.broadcast_to(array.values.astype(np.int64), (len(values),))
+    np.testing.assert_array_equal(expanded, values)
+
+
+def test_compact_array_rejects_values_beyond_int32() -> None:
+    with pytest.raises(DeploymentError, match="bias: values exceed the int32 range"):
+        compact_array("bias", np.array([2**31]))
+
+
+def test_row_arrays_of_a_per_channel_layer() -> None:
+    layer = _layer(np.ones((3, 2), np.int8))
+    layer.bias = np.array([1, -70_000, 3], np.int32)
+    layer.multiplier = np.array([2**30, 2**30 + 1, 2**30], np.int32)
+    bias, mult, shift = row_arrays(layer)
+    assert [(a.name_suffix, a.ctype, a.values.size) for a in (bias, mult, shift)] == [
+        ("bias", "int32_t", 3),
+        ("mult", "int32_t", 3),
+        ("shift", "int8_t", 1),
+    ]

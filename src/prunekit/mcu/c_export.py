@@ -36,13 +36,12 @@ import numpy as np
 from prunekit.errors import DeploymentError
 from prunekit.mcu.qmodel import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, QuantizedMLP
 from prunekit.mcu.storage import (
-    BIAS_BYTES,
     MAX_SHIFT,
-    MULTIPLIER_BYTES,
-    SHIFT_BYTES,
     CArray,
     EncodedWeights,
+    layer_bytes,
     model_storage,
+    row_arrays,
 )
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -204,20 +203,31 @@ static int8_t {p}_requant(int32_t sum, int32_t bias, int32_t multiplier, int32_t
 class _LayerWriter:
     """Emits the static kernel of one layer for its encoding."""
 
-    def __init__(self, prefix: str, index: int, enc: EncodedWeights, zero_point: int, relu: bool):
+    def __init__(
+        self,
+        prefix: str,
+        index: int,
+        enc: EncodedWeights,
+        zero_point: int,
+        relu: bool,
+        per_row: dict[str, bool],
+    ):
         self.p = prefix
         self.index = index
         self.enc = enc
+        self.per_row = per_row  # row array name -> one element per row (else one for all)
         self.name = f"{prefix}_l{index}"
         self.out, self.inp = enc.shape
         self.low = zero_point if relu else INT8_MIN
         self.zero_point = zero_point
 
     def finish(self, row: str, indent: str) -> str:
-        n = self.name
+        def read(array: str) -> str:
+            return f"(int32_t){self.name}_{array}[{row if self.per_row[array] else '0'}]"
+
         return (
-            f"{indent}y[{row}] = {self.p}_requant(acc, {n}_bias[{row}], {n}_mult[{row}],"
-            f" (int32_t){n}_shift[{row}], {_c_int(self.zero_point)}, {_c_int(self.low)});\n"
+            f"{indent}y[{row}] = {self.p}_requant(acc, {read('bias')}, {read('mult')},"
+            f" {read('shift')}, {_c_int(self.zero_point)}, {_c_int(self.low)});\n"
         )
 
     def value(self, slot: str) -> str:
@@ -310,7 +320,8 @@ def generate_c(
 
     ``encodings`` (one per layer) forces the weight formats; by default each layer gets its
     smallest encoding (``storage.model_storage``). The arrays of an encoding are emitted as
-    ``<prefix>_l<i>_<suffix>``, plus ``_bias`` (int32), ``_mult`` (int32), ``_shift`` (int8).
+    ``<prefix>_l<i>_<suffix>``, plus ``_bias``, ``_mult``, ``_shift`` (``storage.row_arrays``:
+    the narrowest exact integer type, one element when all rows share the value).
     """
     if not _IDENTIFIER.match(prefix):
         raise DeploymentError(f"prefix {prefix!r} is not a C identifier")
@@ -355,16 +366,21 @@ def generate_c(
         name = f"{prefix}_l{i}"
         for array in enc.arrays:
             emit(f"{name}_{array.name_suffix}", array)
-        out = layer.out_features
-        emit(f"{name}_bias", CArray("bias", "int32_t", np.asarray(layer.bias)))
-        emit(f"{name}_mult", CArray("mult", "int32_t", np.asarray(layer.multiplier)))
-        emit(f"{name}_shift", CArray("shift", "int8_t", np.asarray(layer.shift)))
-        assert symbols[f"{name}_bias"] == BIAS_BYTES * out
-        assert symbols[f"{name}_mult"] == MULTIPLIER_BYTES * out
-        assert symbols[f"{name}_shift"] == SHIFT_BYTES * out
+        rows = row_arrays(layer)
+        for array in rows:
+            emit(f"{name}_{array.name_suffix}", array)
+        accounted = layer_bytes(layer, enc, i)
+        assert [symbols[f"{name}_{a.name_suffix}"] for a in rows] == [
+            accounted.bias,
+            accounted.multiplier,
+            accounted.shift,
+        ]
         if enc.params["stored"] and (enc.codebook or enc.base_format == "relative"):
             uses_bits = True
-        writer = _LayerWriter(prefix, i, enc, int(layer.output_zero_point), bool(layer.relu))
+        per_row = {a.name_suffix: a.values.size == layer.out_features for a in rows}
+        writer = _LayerWriter(
+            prefix, i, enc, int(layer.output_zero_point), bool(layer.relu), per_row
+        )
         kernels.append(writer.kernel())
 
     calls: list[str] = []
@@ -377,8 +393,8 @@ def generate_c(
     data_bytes = sum(symbols.values())
     summary = (
         f" * Model {widths}, int8 weights and activations, integer-only arithmetic.\n"
-        f" * Flash: {data_bytes} bytes of constant arrays (weights, int32 biases and multipliers,\n"
-        f" * int8 shifts), plus code.\n"
+        f" * Flash: {data_bytes} bytes of constant arrays (weights, biases, multipliers and\n"
+        f" * shifts), plus code.\n"
         f" * RAM: a static arena of {arena} bytes holding two ping-pong activation buffers\n"
         f" * (max over consecutive hidden layers of the sum of their widths), plus\n"
         f" * {upper}_OUTPUT_SIZE bytes of stack in {prefix}_predict.\n"

@@ -67,6 +67,9 @@ class Recipe:
     # 0 is plain magnitude; above 0, pruning concentrates in fewer neurons, which then die and
     # are cut: fewer rows cost less bias/multiplier storage and shorter index gaps.
     neuron_exponent: float = 0.5
+    # Shared values scaled per output row instead of per layer: more freedom per neuron, but
+    # every row then stores its own multiplier and shift (5 bytes).
+    per_row_sharing_scale: bool = False
     seed: int = 0
 
     @classmethod
@@ -174,18 +177,32 @@ def _encode(weight: np.ndarray, value_bits: int, method: str) -> storage.Encoded
     return storage.best_encoding(weight, _formats(value_bits, method))
 
 
-def _bytes_for_masks(masks: Sequence[torch.Tensor], value_bits: int, method: str) -> int:
+def _row_overhead(out: int, value_bits: int, per_row_scale: bool) -> int:
+    """Bytes of a layer's biases, multipliers and shifts, at most (biases counted as int32):
+    int8 weights have a scale per row; shared values one per layer unless ``per_row_scale``."""
+    if value_bits < 8 and not per_row_scale:
+        return out * storage.SHARED_SCALE_ROW_BYTES + storage.SHARED_SCALE_LAYER_BYTES
+    return out * storage.ROW_BYTES
+
+
+def _bytes_for_masks(
+    masks: Sequence[torch.Tensor], value_bits: int, method: str, per_row_scale: bool = False
+) -> int:
     total = 0
     for mask in masks:
         weight = _synthetic_int8(mask, value_bits)
-        out = mask.shape[0]
-        overhead = out * (storage.BIAS_BYTES + storage.MULTIPLIER_BYTES + storage.SHIFT_BYTES)
+        overhead = _row_overhead(mask.shape[0], value_bits, per_row_scale)
         total += _encode(weight, value_bits, method).nbytes + overhead
     return total
 
 
 def plan_density(
-    dense: nn.Module, budget: int, value_bits: int, method: str, neuron_exponent: float = 0.0
+    dense: nn.Module,
+    budget: int,
+    value_bits: int,
+    method: str,
+    neuron_exponent: float = 0.0,
+    per_row_scale: bool = False,
 ) -> float:
     """The largest global density whose masks on ``dense`` fit ``budget`` bytes (after dead
     neurons are cut, for prunekit's method)."""
@@ -199,7 +216,7 @@ def plan_density(
             masks = list(magnitude_masks(weights, 1.0 - density, scores=scores).values())
         if method == "prunekit":
             masks = _without_dead_neurons(masks)
-        return _bytes_for_masks(masks, value_bits, method)
+        return _bytes_for_masks(masks, value_bits, method, per_row_scale)
 
     if size(1.0) <= budget:
         return 1.0
@@ -215,7 +232,8 @@ def plan_density(
         raise DeploymentError(
             f"the flash budget of {format_bytes(budget)} ({budget} bytes) cannot be met: the "
             f"smallest this model can be stored in is {minimum} bytes ({minimum - budget} over; "
-            f"biases and requantisation parameters alone take 9 bytes per neuron); use a "
+            f"biases and requantisation parameters take up to {storage.ROW_BYTES} bytes per "
+            f"neuron); use a "
             f"narrower architecture or a larger budget"
         )
     index = fitting[-1]
@@ -235,18 +253,18 @@ def check_budget_feasible(widths: Sequence[int], budget: int) -> None:
     """Fail before any training when no model of this shape can fit ``budget``.
 
     A necessary condition only (the exact answer needs trained weights): even with one neuron
-    left per hidden layer, every output row stores a bias, a multiplier and a shift, and every
-    layer at least one stored weight.
+    left per hidden layer, every output row stores a bias (an int8 at least), every layer a
+    multiplier and a shift (shared by its rows at best) and at least one stored weight.
     """
-    per_row = storage.BIAS_BYTES + storage.MULTIPLIER_BYTES + storage.SHIFT_BYTES
+    layers = len(widths) - 1
     rows = (len(widths) - 2) + widths[-1]
-    minimum = per_row * rows + (len(widths) - 1)
+    minimum = rows + layers * (storage.SHARED_SCALE_LAYER_BYTES + 1)
     if budget < minimum:
         raise DeploymentError(
             f"the flash budget of {budget} bytes cannot be met: even with one neuron per hidden "
-            f"layer the {widths[-1]} outputs and {len(widths) - 2} hidden neurons need {per_row} "
-            f"bytes each for bias and requantisation, at least {minimum} bytes in all "
-            f"({minimum - budget} over)"
+            f"layer the {widths[-1]} outputs and {len(widths) - 2} hidden neurons need a bias "
+            f"each and every layer a multiplier, a shift and a weight, at least {minimum} bytes "
+            f"in all ({minimum - budget} over)"
         )
 
 
@@ -283,6 +301,7 @@ def _correct_to_budget(
     budget: int,
     value_bits: int,
     method: str,
+    per_row_scale: bool,
     log: Log,
 ) -> None:
     """The plan was made on the dense weights; training moves the masks (and which neurons
@@ -295,7 +314,7 @@ def _correct_to_budget(
     for _ in range(8):
         masks = list(pruner.masks.values())
         planned = _without_dead_neurons(masks) if method == "prunekit" else masks
-        size = _bytes_for_masks(planned, value_bits, method)
+        size = _bytes_for_masks(planned, value_bits, method, per_row_scale)
         if size <= target:
             return
         kept = sum(int(m.sum()) for m in masks)
@@ -341,9 +360,8 @@ def _prune(
     fit(model, data, config, teacher=dense, after_step=[pruner.step, pruner.mask_set.apply])
     while pruner.step_count <= end:  # a schedule longer than the epochs still finishes
         pruner.step()
-    _correct_to_budget(
-        pruner, exponent, model, data, dense, config, budget, value_bits, method, log
-    )
+    _correct_to_budget(pruner, exponent, model, data, dense, config, budget, value_bits, method,
+                       recipe.per_row_sharing_scale, log)  # fmt: skip
     mask_set = pruner.mask_set
     finetune = replace(config, epochs=recipe.finetune_epochs, min_epochs=0, lr=recipe.lr / 2,
                        patience=recipe.patience)  # fmt: skip
@@ -402,7 +420,8 @@ def compress_candidate(
 ) -> Candidate:
     name = "int8" if value_bits >= 8 else f"shared {value_bits}-bit"
     if density is None:
-        density = plan_density(dense, budget, value_bits, method, recipe.neuron_exponent)
+        density = plan_density(dense, budget, value_bits, method, recipe.neuron_exponent,
+                               recipe.per_row_sharing_scale)  # fmt: skip
     log(f"{name}: planned density {density:.2%} of the weights")
     model, _ = _prune(dense, data, density, recipe, method, budget, value_bits, log)
     log(f"  pruned and fine-tuned: validation accuracy {_val(model, data):.2%} (float)")
@@ -413,7 +432,8 @@ def compress_candidate(
             widths = [m.out_features for m in linear_layers(model)][:-1]
             log(f"  removed {removed} dead hidden neurons; hidden widths now {widths}")
     if value_bits < 8:
-        sharing = WeightSharing(linear_layers(model), bits=value_bits)
+        sharing = WeightSharing(linear_layers(model), bits=value_bits,
+                                per_row_scale=recipe.per_row_sharing_scale)  # fmt: skip
         config = TrainConfig(epochs=recipe.sharing_epochs, min_epochs=0, batch_size=recipe.batch_size,
                              lr=recipe.lr / 2, distill_weight=recipe.distill_weight,
                              patience=recipe.patience, seed=recipe.seed)  # fmt: skip
@@ -455,7 +475,12 @@ def _promising(
 ) -> dict[int, float]:
     """Candidates worth training, with their planned densities: a value encoding whose budget keeps fewer than half the
     weights another one keeps loses so much capacity that training it is wasted time."""
-    densities = {b: plan_density(dense, budget, b, method, recipe.neuron_exponent) for b in bits}
+    densities = {
+        b: plan_density(
+            dense, budget, b, method, recipe.neuron_exponent, recipe.per_row_sharing_scale
+        )
+        for b in bits
+    }
     total = sum(w.numel() for w in _weights(dense).values())
     kept = {b: density * total for b, density in densities.items()}
     most = max(kept.values())

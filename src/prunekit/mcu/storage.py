@@ -41,8 +41,11 @@ Bit-packing is one contiguous LSB-first bit stream: field ``i`` of width ``w`` o
 bits ``[i*w, (i+1)*w)``, and stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``; fields
 may straddle a byte boundary (never more than two bytes since ``w <= 8``).
 
-Besides the weights, each layer stores an int32 bias, an int32 multiplier and an int8 shift per
-output row (``BIAS_BYTES``, ``MULTIPLIER_BYTES``, ``SHIFT_BYTES``); ``storage_report`` adds them.
+Besides the weights, each layer stores its requantisation parameters (``row_arrays``): a bias,
+a Q31 multiplier and a shift per output row. Each is stored in the narrowest of int8 / int16 /
+int32 that holds all its values exactly, and as a single element when every row has the same
+value -- the usual case for the multiplier and shift of a layer quantised with one weight scale
+(weight sharing does that), which saves 5 bytes per neuron. ``storage_report`` adds them.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ FORMATS: tuple[str, ...] = (*BASE_FORMATS, *(f"{name}_cb" for name in BASE_FORMA
 CTYPE_BYTES: dict[str, int] = {
     "int8_t": 1,
     "uint8_t": 1,
+    "int16_t": 2,
     "uint16_t": 2,
     "uint32_t": 4,
     "int32_t": 4,
@@ -69,15 +73,25 @@ CTYPE_BYTES: dict[str, int] = {
 _CTYPE_DTYPES: dict[str, type[np.generic]] = {
     "int8_t": np.int8,
     "uint8_t": np.uint8,
+    "int16_t": np.int16,
     "uint16_t": np.uint16,
     "uint32_t": np.uint32,
     "int32_t": np.int32,
 }
 
-# Per output row, next to the weights: the C code reads these three arrays (c_export.py).
+# Per output row, next to the weights, at most: the C code reads these three arrays
+# (``row_arrays``), each narrowed or collapsed to one element when its values allow.
 BIAS_BYTES = 4  # int32 bias with the input zero point folded in
 MULTIPLIER_BYTES = 4  # int32 Q31 multiplier
 SHIFT_BYTES = 1  # shifts lie in [-31, 31], so int8 is exact
+ROW_BYTES = BIAS_BYTES + MULTIPLIER_BYTES + SHIFT_BYTES
+# A layer whose rows share one multiplier and shift (one weight scale): a bias per row, at most
+# int32, plus one multiplier and one shift.
+SHARED_SCALE_ROW_BYTES = BIAS_BYTES
+SHARED_SCALE_LAYER_BYTES = MULTIPLIER_BYTES + SHIFT_BYTES
+ROW_ARRAY_NAMES = ("bias", "mult", "shift")
+_SIGNED_TYPES = (("int8_t", -(2**7), 2**7 - 1), ("int16_t", -(2**15), 2**15 - 1),
+                 ("int32_t", -(2**31), 2**31 - 1))  # fmt: skip
 
 MAX_SHIFT = 31
 # The int32 row accumulator must not overflow: |sum_i W x| <= in * 128 * 128 < 2**31.
@@ -387,6 +401,31 @@ def best_encoding(weight: np.ndarray, formats: Sequence[str] | None = None) -> E
     )
 
 
+def compact_array(name: str, values: np.ndarray) -> CArray:
+    """Signed integers as the smallest exact C array: one element when all are equal, in the
+    narrowest signed type that holds them (int32 at most)."""
+    v = np.asarray(values, dtype=np.int64).ravel()
+    if v.size == 0:
+        raise DeploymentError(f"{name}: no values")
+    if np.all(v == v[0]):
+        v = v[:1]
+    low, high = int(v.min()), int(v.max())
+    for ctype, lo, hi in _SIGNED_TYPES:
+        if lo <= low and high <= hi:
+            return CArray(name, ctype, v)
+    raise DeploymentError(f"{name}: values exceed the int32 range")
+
+
+def row_arrays(layer: QuantizedLinear) -> list[CArray]:
+    """The layer's bias, multiplier and shift arrays (named ``bias``, ``mult``, ``shift``), as
+    the C code stores them: each of length ``out`` or 1 (one value for every row)."""
+    return [
+        compact_array("bias", np.asarray(layer.bias)),
+        compact_array("mult", np.asarray(layer.multiplier)),
+        compact_array("shift", np.asarray(layer.shift)),
+    ]
+
+
 @dataclass
 class LayerBytes:
     """Flash bytes of one layer, exactly as the generated C code stores them."""
@@ -396,9 +435,9 @@ class LayerBytes:
     format: str
     params: dict[str, int]
     weights: int  # all arrays of the weight encoding
-    bias: int  # int32 per output row
-    multiplier: int  # int32 per output row
-    shift: int  # int8 per output row
+    bias: int  # per output row, int8/int16/int32 (``row_arrays``)
+    multiplier: int  # int32 per output row, or one for the layer
+    shift: int  # int8 per output row, or one for the layer
 
     @property
     def total(self) -> int:
@@ -440,16 +479,16 @@ def layer_bytes(layer: QuantizedLinear, encoding: EncodedWeights, index: int = 0
         raise DeploymentError(
             f"layer {index}: encoding shape {encoding.shape} != weight shape {layer.weight.shape}"
         )
-    out = layer.out_features
+    bias, mult, shift = row_arrays(layer)
     return LayerBytes(
         index=index,
         shape=encoding.shape,
         format=encoding.format,
         params=dict(encoding.params),
         weights=encoding.nbytes,
-        bias=BIAS_BYTES * out,
-        multiplier=MULTIPLIER_BYTES * out,
-        shift=SHIFT_BYTES * out,
+        bias=bias.nbytes,
+        multiplier=mult.nbytes,
+        shift=shift.nbytes,
     )
 
 
