@@ -185,7 +185,7 @@ def test_regex_ratio_precedence() -> None:
         ({"ratio": -0.1}, "ratio must be"),
         ({"ratios": {"a.0": 2}}, "ratios\\['a.0'\\]"),
         ({"round_to": 0}, "round_to"),
-        ({"importance": "taylor"}, "unknown importance 'taylor'"),
+        ({"importance": "fisher"}, "unknown importance 'fisher'"),
         ({"ignore": ("re:(",)}, "invalid regex"),
     ],
 )

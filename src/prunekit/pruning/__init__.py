@@ -1,10 +1,12 @@
 """Structured pruning: score -> select -> apply, on the groups ``prunekit.graph`` derives.
 
 ``prune(model, inputs, StructuredPruning(ratio=0.3))`` removes channels in place and returns a
-``PruneResult``. After the surgery the model runs once on the ``meta`` device (shapes only, no
-arithmetic); if that fails, a size is hard-coded in the model's Python code: the surgery is
-undone, the groups responsible are found by bisection on a meta copy, left unpruned and
-reported, and the rest is applied again. A model is never left half-pruned.
+``PruneResult``. Channels are ranked by ``config.importance``, or by precomputed scores
+(``prune(..., scores=prunekit.criteria.group_scores(...))``), which data-driven criteria need.
+After the surgery the model runs once on the ``meta`` device (shapes only, no arithmetic); if
+that fails, a size is hard-coded in the model's Python code: the surgery is undone, the groups
+responsible are found by bisection on a meta copy, left unpruned and reported, and the rest is
+applied again. A model is never left half-pruned.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +25,12 @@ from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.graph._fast_meta import FastMetaNorms
 from prunekit.inputs import ExampleInputs, as_example_inputs, doubled
 from prunekit.pruning._sync import register_sync
-from prunekit.pruning.config import PruneConfigError, StructuredPruning, matches
+from prunekit.pruning.config import (
+    DATA_IMPORTANCE,
+    PruneConfigError,
+    StructuredPruning,
+    matches,
+)
 from prunekit.pruning.select import GroupPlan, plan_group, plan_pruning, producers
 from prunekit.pruning.surgery import ModelIndex, SurgeryRecord, remove_atoms
 
@@ -185,6 +193,42 @@ def _verify(model: nn.Module, example: ExampleInputs, graph: ChannelGraph) -> Ex
         return _runs(model, example.to("meta"), graph.modes)
 
 
+def _checked_scores(
+    graph: ChannelGraph,
+    tensors: Mapping[str, torch.Tensor],
+    config: StructuredPruning,
+    scores: Mapping[int, Any],
+) -> dict[int, np.ndarray]:
+    """A copy of ``scores`` (the caller's dict is not filled in), checked against ``graph``:
+    one finite score per atom; every group to prune must have scores unless the importance
+    is a magnitude that ``plan_pruning`` can compute itself."""
+    checked: dict[int, np.ndarray] = {}
+    for group in graph.groups:
+        if group.id not in scores:
+            continue
+        values = np.asarray(scores[group.id], dtype=np.float64)
+        if values.shape != (group.size,) or not np.isfinite(values).all():
+            what = "non-finite values" if values.shape == (group.size,) else values.shape
+            raise PruneConfigError(
+                f"scores of group {group.name} (id {group.id}) must be {group.size} finite "
+                f"numbers, one per channel, got {what}: were they computed on another graph? "
+                "Pass the graph they were computed on (prune(..., graph=graph))"
+            )
+        checked[group.id] = values
+    if config.importance in ("l1", "l2"):
+        return checked
+    for group in graph.prunable:
+        if any(config.is_ignored(m) for m in group.modules):
+            continue
+        if group.id not in checked and config.ratio_for(producers(group, tensors)) > 0:
+            raise PruneConfigError(
+                f"scores has no entry for group {group.name} (id {group.id}, {group.size} "
+                f"channels), needed for importance {config.importance!r}: compute the scores on "
+                "the graph you prune with (prune(..., graph=graph))"
+            )
+    return checked
+
+
 @without_gc
 def prune(
     model: nn.Module,
@@ -192,10 +236,17 @@ def prune(
     config: StructuredPruning | None = None,
     *,
     graph: ChannelGraph | None = None,
+    scores: Mapping[int, np.ndarray] | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Remove channels from ``model`` in place according to ``config`` (or ``**settings``,
     the fields of ``StructuredPruning``). ``inputs`` are example inputs for one forward pass.
+
+    ``scores``: precomputed importance, ``group.id -> one score per atom`` (higher = more
+    important), as ``prunekit.criteria.group_scores`` returns; the lowest-scored atoms of each
+    group are removed. Required for the criteria that need calibration data (``taylor``,
+    ``mean_activation``, ``apoz``); ``bn_scale`` and ``random`` are computed here when
+    omitted. Pass the ``graph`` the scores were computed on.
     """
     if config is None:
         config = StructuredPruning(**settings)
@@ -203,11 +254,23 @@ def prune(
         raise PruneConfigError(
             "pass either a StructuredPruning config or keyword settings, not both"
         )
+    if scores is None and config.importance in DATA_IMPORTANCE:
+        raise PruneConfigError(
+            f"importance {config.importance!r} needs calibration data, which prune() does not "
+            f"take: compute the scores with prunekit.criteria.group_scores(model, graph, "
+            f"{config.importance!r}, calibration=...) (graph = prunekit.graph.trace_channels("
+            "model, inputs)) and pass them: prune(..., graph=graph, scores=scores)"
+        )
     index = ModelIndex.of(model)
     config.check_patterns([n for n in index.modules if n])
     example = as_example_inputs(inputs)
     graph = graph or trace_channels(model, example)
-    plans = [p for p in plan_pruning(graph, index.tensors, config) if len(p.remove)]
+    if scores is None and config.importance not in ("l1", "l2"):
+        from prunekit.criteria import group_scores  # imports prunekit.pruning: not at the top
+
+        scores = group_scores(model, graph, config.importance)
+    checked = _checked_scores(graph, index.tensors, config, scores) if scores is not None else None
+    plans = [p for p in plan_pruning(graph, index.tensors, config, checked) if len(p.remove)]
     skipped = {g.name: g.unsafe for g in graph.groups if g.unsafe is not None}
     record = remove_atoms(model, [(p.group, p.remove) for p in plans], index)
     error = _verify(model, example, graph) if plans else None

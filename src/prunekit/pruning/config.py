@@ -16,7 +16,11 @@ from typing import Any
 
 from prunekit.errors import PrunekitError
 
-IMPORTANCE = ("l1", "l2")
+# Importance criteria (``prunekit.criteria``; keep in step with its ``CRITERIA`` registry).
+# ``l1``/``l2``/``bn_scale``/``random`` are computed by ``prune`` itself; the data criteria
+# need calibration batches, so their scores come from ``prunekit.criteria.group_scores``.
+IMPORTANCE = ("l1", "l2", "taylor", "bn_scale", "mean_activation", "apoz", "random")
+DATA_IMPORTANCE = ("taylor", "mean_activation", "apoz")
 
 
 class PruneConfigError(PrunekitError):
@@ -53,8 +57,11 @@ class StructuredPruning:
     ``ratios``: per-group overrides, ``{pattern: ratio}``; a group matches when one of the
     modules *producing* its channels matches. ``ignore``: modules whose tensors keep their
     shapes. ``round_to``: keep a multiple of this many channels per group (e.g. 8 for
-    tensor cores). ``importance``: ``l1`` or ``l2`` magnitude, summed over every slice of the
-    group (each layer's scores normalised by its mean).
+    tensor cores). ``importance``: how channels are ranked, one of ``IMPORTANCE``: ``l1`` or
+    ``l2`` magnitude, summed over every slice of the group (each layer's scores normalised by
+    its mean); ``bn_scale`` (``|gamma|`` of normalisation layers); ``random`` (seed 0); or a
+    criterion that needs calibration data (``taylor``, ``mean_activation``, ``apoz``), whose
+    scores are computed with ``prunekit.criteria.group_scores`` and passed to ``prune``.
     """
 
     ratio: float = 0.0

@@ -1,0 +1,137 @@
+"""Importance criteria for structured pruning: which channels of a group matter least.
+
+Every criterion gives one score per atom of every prunable group of a ``ChannelGraph``
+(``group.id -> np.ndarray``, group-local atom order), higher = more important, which
+``prunekit.pruning.prune(..., scores=...)`` uses to remove the lowest-scored atoms::
+
+    graph = trace_channels(model, x)
+    scores = group_scores(model, graph, "taylor", calibration=loader)
+    prune(model, x, StructuredPruning(ratio=0.3, importance="taylor"), graph=graph,
+          scores=scores)
+
+* ``l1``, ``l2``: group weight magnitude (module ``magnitude``);
+* ``taylor`` (data): first-order Taylor estimate of the loss change (``taylor``);
+* ``bn_scale``: ``|gamma|`` of the group's normalisation layers (``bn_scale``);
+* ``mean_activation`` (data): mean ReLU'd output of each channel (``activation``);
+* ``apoz`` (data): 1 - average percentage of zeros after ReLU (``activation``);
+* ``random``: seeded uniform scores, a baseline (``random``).
+
+Calibration data (criteria marked *data*) is an iterable of batches, e.g. a ``DataLoader``:
+each batch a pair ``(inputs, targets)`` or inputs alone; tensors are moved to the model's
+device. Only ``taylor`` uses targets: its loss is ``loss_fn(model(inputs), targets)``
+(cross-entropy by default) or ``batch_loss(model, batch)``.
+
+A criterion that cannot score some group (``bn_scale`` on a group without normalisation
+layer, for instance) scores it by L1 magnitude instead and says so: the returned
+``GroupScores`` lists such groups in ``.fallback`` (group id -> reason), and a warning is
+logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from prunekit.criteria._common import CriterionError, GroupScores
+from prunekit.criteria.activation import activation_scores
+from prunekit.criteria.bn_scale import bn_scale_scores
+from prunekit.criteria.magnitude import magnitude_scores
+from prunekit.criteria.random import random_scores
+from prunekit.criteria.taylor import BatchLoss, LossFn, taylor_scores
+from prunekit.graph import ChannelGraph
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CRITERIA",
+    "DATA_CRITERIA",
+    "BatchLoss",
+    "Criterion",
+    "CriterionError",
+    "GroupScores",
+    "LossFn",
+    "activation_scores",
+    "bn_scale_scores",
+    "group_scores",
+    "magnitude_scores",
+    "random_scores",
+    "taylor_scores",
+]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    needs_data: bool  # needs calibration batches
+    summary: str
+
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("l1", False, "L1 norm of the group's weight slices (DepGraph group magnitude)"),
+        Criterion("l2", False, "L2 norm of the group's weight slices (DepGraph group magnitude)"),
+        Criterion("taylor", True, "first-order Taylor loss change (Molchanov et al. 2019)"),
+        Criterion("bn_scale", False, "|gamma| of normalisation layers (Network Slimming)"),
+        Criterion("mean_activation", True, "mean ReLU'd output of each channel"),
+        Criterion("apoz", True, "1 - average percentage of zeros (Network Trimming)"),
+        Criterion("random", False, "seeded uniform random scores (a baseline)"),
+    )
+}
+DATA_CRITERIA = frozenset(name for name, c in CRITERIA.items() if c.needs_data)
+
+
+def group_scores(
+    model: nn.Module,
+    graph: ChannelGraph,
+    criterion: str,
+    *,
+    calibration: Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    batch_loss: BatchLoss | None = None,
+    seed: int = 0,
+) -> GroupScores:
+    """Scores of every prunable group of ``graph`` (traced on ``model``) by ``criterion``.
+
+    ``calibration``: batches for the data criteria (ignored by the others). ``loss_fn`` /
+    ``batch_loss``: the loss of the Taylor criterion. ``seed``: of the random criterion.
+    Raises ``CriterionError`` (a ``PruneConfigError``) for an unknown criterion, a data
+    criterion without calibration data, or a loss given to a criterion that uses none.
+    """
+    if criterion not in CRITERIA:
+        raise CriterionError(
+            f"unknown importance criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}"
+        )
+    if criterion != "taylor" and (loss_fn is not None or batch_loss is not None):
+        raise CriterionError(
+            f"loss_fn / batch_loss only apply to the taylor criterion, not to {criterion!r}"
+        )
+    if CRITERIA[criterion].needs_data and calibration is None:
+        raise CriterionError(
+            f"importance criterion {criterion!r} needs calibration data: pass "
+            "calibration=<an iterable of batches, e.g. a DataLoader of (inputs, targets)>"
+        )
+    scores: GroupScores
+    if criterion in ("l1", "l2"):
+        scores = magnitude_scores(model, graph, criterion)
+    elif criterion == "taylor":
+        scores = taylor_scores(model, graph, calibration, loss_fn, batch_loss=batch_loss)
+    elif criterion == "bn_scale":
+        scores = bn_scale_scores(model, graph)
+    elif criterion in ("mean_activation", "apoz"):
+        scores = activation_scores(model, graph, calibration, criterion)
+    else:
+        scores = random_scores(graph, seed)
+    if scores.fallback:
+        names = {g.id: g.name for g in graph.groups}
+        log.warning(
+            "importance %r could not score %d group(s), scored by L1 magnitude instead: %s",
+            criterion,
+            len(scores.fallback),
+            "; ".join(f"{names.get(i, i)} ({why})" for i, why in scores.fallback.items()),
+        )
+    return scores
