@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from prunekit import __version__
-from prunekit.cli import analyze, bench, demo, mcu, models, prune
+from prunekit.cli import analyze, bench, demo, mcu, models, profile, prune
 
-COMMANDS = (demo, analyze, bench, prune, mcu, models)
+COMMANDS = (demo, analyze, bench, profile, prune, mcu, models)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -237,6 +237,7 @@ def prune(
     *,
     graph: ChannelGraph | None = None,
     scores: Mapping[int, np.ndarray] | None = None,
+    keep: Mapping[int, int] | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Remove channels from ``model`` in place according to ``config`` (or ``**settings``,
@@ -247,6 +248,9 @@ def prune(
     group are removed. Required for the criteria that need calibration data (``taylor``,
     ``mean_activation``, ``apoz``); ``bn_scale`` and ``random`` are computed here when
     omitted. Pass the ``graph`` the scores were computed on.
+
+    ``keep``: exact channel counts for some groups (``group.id -> kept``), as a plan from
+    ``prunekit.planning`` gives them; they override the config's ratios for those groups.
     """
     if config is None:
         config = StructuredPruning(**settings)
@@ -270,7 +274,7 @@ def prune(
 
         scores = group_scores(model, graph, config.importance)
     checked = _checked_scores(graph, index.tensors, config, scores) if scores is not None else None
-    plans = [p for p in plan_pruning(graph, index.tensors, config, checked) if len(p.remove)]
+    plans = [p for p in plan_pruning(graph, index.tensors, config, checked, keep) if len(p.remove)]
     skipped = {g.name: g.unsafe for g in graph.groups if g.unsafe is not None}
     record = remove_atoms(model, [(p.group, p.remove) for p in plans], index)
     error = _verify(model, example, graph) if plans else None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from prunekit.graph import ChannelGraph, Group
-from prunekit.pruning.config import StructuredPruning
+from prunekit.pruning.config import PruneConfigError, StructuredPruning
 from prunekit.pruning.importance import atom_scores
 
 
@@ -74,14 +74,26 @@ def plan_pruning(
     tensors: Mapping[str, torch.Tensor],
     config: StructuredPruning,
     scores: dict[int, np.ndarray] | None = None,
+    keep: Mapping[int, int] | None = None,
 ) -> list[GroupPlan]:
-    """One plan per prunable group with a non-zero ratio. ``scores`` caches importance."""
+    """One plan per prunable group with a non-zero ratio. ``scores`` caches importance.
+
+    ``keep`` (group id -> channels to keep, e.g. from ``prunekit.planning``) overrides the
+    config's ratio for those groups; the count is kept exactly (no rounding)."""
     plans = []
     magnitudes: dict[int, torch.Tensor] = {}
     for group in graph.prunable:
         if any(config.is_ignored(m) for m in group.modules):
             continue
-        ratio = config.ratio_for(producers(group, tensors))
+        if keep is not None and group.id in keep:
+            kept = keep[group.id]
+            if not 1 <= kept <= group.size:
+                raise PruneConfigError(
+                    f"group {group.name}: cannot keep {kept} of its {group.size} channels"
+                )
+            ratio = 1 - kept / group.size
+        else:
+            ratio = config.ratio_for(producers(group, tensors))
         if ratio <= 0:
             continue
         if scores is None or group.id not in scores:
@@ -90,6 +102,9 @@ def plan_pruning(
                 scores[group.id] = group_scores
         else:
             group_scores = scores[group.id]
-        count = group.size - keep_count(group.size, ratio, config.round_to)
+        if keep is not None and group.id in keep:
+            count = group.size - keep[group.id]
+        else:
+            count = group.size - keep_count(group.size, ratio, config.round_to)
         plans.append(plan_group(group, count, group_scores, ratio))
     return plans

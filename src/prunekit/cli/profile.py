@@ -1,0 +1,140 @@
+"""``prunekit profile MODEL --out lut.json``: a latency lookup table measured on this device."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, say
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "profile",
+        help="measure latency per group width on this device; write a lookup table",
+        description="Run on the target device. Times the dense model, then each prunable group "
+        "alone cut to each kept fraction of its channels (the least important by L1 "
+        "magnitude; the surgery is undone after each point), and writes a JSON latency "
+        "lookup table that a budget planner on another machine uses to predict the latency "
+        "of a pruning plan (additively, interpolating between measured widths).",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="FILE", help="latency table to write")
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="(default 1)")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="intra-op threads (default: PyTorch's default)"
+    )
+    parser.add_argument(
+        "--fractions",
+        metavar="LIST",
+        help="kept fractions of each group's channels, comma-separated (default "
+        "1,0.75,0.5,0.25; with --quick 1,0.5)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer points and shorter timing per point: a rough table in a fraction of the time",
+    )
+    timing = parser.add_argument_group("timing (per point)")
+    timing.add_argument(
+        "--min-time", type=float, metavar="S", help="time at least S seconds (0.5; --quick 0.1)"
+    )
+    timing.add_argument(
+        "--max-time", type=float, metavar="S", help="stop after S seconds (5; --quick 1)"
+    )
+    add_debug(parser)
+    parser.set_defaults(handler=run)
+
+
+def _parse_fractions(text: str) -> list[float]:
+    from prunekit.errors import InputSpecError
+    from prunekit.planning.lut import check_fractions
+
+    try:
+        values = [float(p) for p in text.replace(" ", "").split(",") if p != ""]
+    except ValueError:
+        raise InputSpecError(
+            f"cannot parse --fractions {text!r}: expected comma-separated numbers in (0, 1] "
+            "such as 1,0.75,0.5,0.25"
+        ) from None
+    try:
+        return check_fractions(values)
+    except InputSpecError as exc:
+        raise InputSpecError(f"--fractions {text!r}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from prunekit.errors import InputSpecError
+    from prunekit.graph import trace_channels
+    from prunekit.measure.latency import resolve_device
+    from prunekit.planning.lut import (
+        DEFAULT_FRACTIONS,
+        DEFAULT_POLICY,
+        QUICK_FRACTIONS,
+        QUICK_POLICY,
+        LatencyTableError,
+        profile_latency,
+    )
+
+    # every check that needs no model comes first: bad input fails in a second, writes nothing
+    out = Path(args.out)
+    if out.is_dir():
+        raise LatencyTableError(f"--out {out} is a directory; give a file name such as lut.json")
+    if out.exists() and not args.force:
+        raise LatencyTableError(
+            f"{out} already exists; choose another --out or pass --force to replace it"
+        )
+    if args.batch_size < 1:
+        raise InputSpecError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise InputSpecError(f"--threads must be a positive integer, got {args.threads}")
+    if args.fractions is not None:
+        fractions = _parse_fractions(args.fractions)
+    else:
+        fractions = list(QUICK_FRACTIONS if args.quick else DEFAULT_FRACTIONS)
+    policy = QUICK_POLICY if args.quick else DEFAULT_POLICY
+    min_time = policy.min_time_s if args.min_time is None else args.min_time
+    max_time = policy.max_time_s if args.max_time is None else args.max_time
+    if min_time < 0 or max_time <= 0:
+        raise InputSpecError("--min-time must be >= 0 and --max-time > 0 seconds")
+    policy = dataclasses.replace(policy, min_time_s=min_time, max_time_s=max(min_time, max_time))
+    resolve_device(args.device)
+
+    loaded = load_from_args(args)
+    say(f"{loaded.name}: input {loaded.input_spec.describe()} ({loaded.input_note})")
+    graph = trace_channels(loaded.model, loaded.input_spec.make(1))
+    table = profile_latency(
+        loaded.model, loaded.input_spec, graph, backend=args.backend, device=args.device,
+        batch_size=args.batch_size, threads=args.threads, dtype=args.dtype,
+        fractions=fractions, policy=policy, model_name=loaded.name, log=say,
+    )  # fmt: skip
+    table.save(out, force=args.force)
+    _print_human(table, out)
+    return 0
+
+
+def _print_human(table: Any, out: Any) -> None:
+    from prunekit.cli._format import table as format_table
+
+    d = table.device
+    print(
+        f"{table.model or 'model'} · {d['backend']} · {d['name']} · {d['threads']} threads · "
+        f"{d['dtype']} · batch {table.batch_size}: dense {table.base_ms:.3f} ms"
+    )
+    rows = [
+        [name, str(g.size), "  ".join(f"{k}: {ms:.3f}" for k, ms in zip(g.kept, g.ms, strict=True))]
+        for name, g in table.groups.items()
+    ]
+    print(format_table(["group", "size", "ms at kept channels"], rows, right=[False, True, False]))
+    for name, skipped in table.skipped.items():
+        print(f"not profiled: {name} ({skipped.reason})")
+    for note in table.notes:
+        print(f"note: {note}")
+    print(f"wrote {out} ({len(table.groups)} groups)")

@@ -1,0 +1,60 @@
+"""Apply a ``Plan`` to a model: the same channels the planner counted, removed for real."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.graph import ChannelGraph, trace_channels
+from prunekit.inputs import ExampleInputs, as_example_inputs
+from prunekit.planning.fingerprint import check_fingerprint, fingerprint, group_keys
+from prunekit.planning.planner import Plan, PlanError
+from prunekit.pruning import PruneResult, StructuredPruning, prune
+from prunekit.pruning._tensors import named_tensors
+
+
+def apply_plan(
+    model: nn.Module,
+    example: ExampleInputs | torch.Tensor,
+    plan: Plan,
+    *,
+    graph: ChannelGraph | None = None,
+    scores: Mapping[int, np.ndarray] | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place to the plan's channel counts.
+
+    The plan must have been made for this architecture and input shape (fingerprint). Which
+    channels go is decided by the plan's ``importance``: L1 magnitude is recomputed here (the
+    weights may have been fine-tuned since), any other criterion needs its ``scores``.
+    """
+    example = as_example_inputs(example)
+    graph = graph or trace_channels(model, example)
+    check_fingerprint(
+        "the plan", plan.fingerprint, fingerprint(graph, named_tensors(model), example), plan.model
+    )
+    if plan.importance not in ("l1", "l2") and scores is None:
+        raise PlanError(
+            f"the plan chooses channels by {plan.importance!r}: pass the scores "
+            "(prunekit.criteria.group_scores) to apply it"
+        )
+    keys = group_keys(graph)
+    by_key = {keys[g.id]: g for g in graph.groups if g.id in keys}
+    unknown = sorted(set(plan.keep) - set(by_key))
+    if unknown:
+        raise PlanError(f"the plan names groups this model does not have: {', '.join(unknown)}")
+    keep = {}
+    for key, kept in plan.keep.items():
+        group = by_key[key]
+        if plan.sizes.get(key) != group.size:
+            raise PlanError(
+                f"the plan says group {key} has {plan.sizes.get(key)} channels; it has {group.size}"
+            )
+        if kept < group.size:
+            if not group.prunable:
+                raise PlanError(f"the plan prunes group {key}, which cannot be pruned")
+            keep[group.id] = kept
+    config = StructuredPruning(importance=plan.importance)
+    return prune(model, example, config, graph=graph, scores=scores, keep=keep)
