@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from prunekit import __version__
-from prunekit.cli import analyze, bench, demo, mcu, models, profile, prune
+from prunekit.cli import analyze, bench, demo, mcu, models, plan, profile, prune, sensitivity
 
-COMMANDS = (demo, analyze, bench, profile, prune, mcu, models)
+COMMANDS = (demo, analyze, bench, sensitivity, profile, plan, prune, mcu, models)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
         metavar="macs=F",
         help="keep this fraction of the MACs (e.g. macs=0.6), within 1%%",
     )
+    amount.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="apply per-group channel counts from `prunekit plan` (made for this model)",
+    )
     parser.add_argument(
         "--ignore",
         action="append",
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.graph import trace_channels
     from prunekit.measure.macs import count_macs
     from prunekit.measure.params import count_params
-    from prunekit.pruning import StructuredPruning, check_groups, prune
+    from prunekit.pruning import PruneConfigError, StructuredPruning, check_groups, prune
     from prunekit.pruning.target import search_ratio
 
     out = Path(args.out)
@@ -98,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
             f"{out} already exists; choose another --out or pass --force to replace it"
         )
     target = _parse_target(args.target) if args.target else None
+    plan = None
+    if args.plan:
+        from prunekit.planning.planner import Plan
+
+        plan = Plan.load(args.plan)
     base = StructuredPruning(
         ratio=args.ratio if args.ratio is not None else 0.0,
         round_to=args.round_to,
@@ -119,7 +129,14 @@ def run(args: argparse.Namespace) -> int:
         search = search_ratio(model, example, graph, config, target)
         config = search.config
     start = time.perf_counter()
-    result = prune(model, example, config, graph=graph)
+    if plan is not None:
+        from prunekit.planning.apply import apply_plan
+
+        if args.ignore:
+            raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
+        result = apply_plan(model, example, plan, graph=graph)
+    else:
+        result = prune(model, example, config, graph=graph)
     prune_s = time.perf_counter() - start
     after_macs, after_params = count_macs(model, example).total, count_params(model).params
 
@@ -129,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         "config": config.to_dict(),
         "target": {"macs": target, "probes": search.probes if search else []}
         if target is not None
+        else None,
+        "plan": {"file": str(args.plan), "target": plan.target, "keep": plan.keep}
+        if plan is not None
         else None,
         "before": {"macs": before_macs, "params": before_params},
         "after": {"macs": after_macs, "params": after_params},

@@ -1,0 +1,74 @@
+"""``prunekit plan MODEL --target macs=0.6 --sensitivity sens.json --out plan.json``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, say
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "plan",
+        help="choose per-group channel counts that meet a budget with the least predicted loss",
+        description="Allocate pruning across groups from a sensitivity file (prunekit "
+        "sensitivity) so that the model meets the target -- macs=F or params=F (fraction to "
+        "keep), bytes=SIZE, or latency_ms=T with a latency table from `prunekit profile` run "
+        "on the target device -- within 1%, with the least predicted metric loss. Apply it with "
+        "`prunekit prune MODEL --plan FILE --out DIR`.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--target", required=True, metavar="KIND=VALUE")
+    parser.add_argument("--sensitivity", required=True, metavar="FILE")
+    parser.add_argument("--lut", metavar="FILE", help="latency table from `prunekit profile`")
+    parser.add_argument("--round-to", type=int, default=1, metavar="N",
+                        help="keep a multiple of N channels per group")  # fmt: skip
+    parser.add_argument("--protect", action="append", default=[], metavar="PATTERN",
+                        help="never prune groups produced by this module (name or re:regex)")  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE", help="plan file to write")
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    add_debug(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunekit.errors import InputSpecError
+    from prunekit.graph import trace_channels
+    from prunekit.planning.lut import LatencyTable
+    from prunekit.planning.planner import Target, make_plan
+    from prunekit.planning.sensitivity import Sensitivity
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputSpecError(f"{out} already exists; choose another --out or pass --force")
+    if args.round_to < 1:
+        raise InputSpecError(f"--round-to must be a positive integer, got {args.round_to}")
+    target = Target.parse(args.target)
+    sensitivity = Sensitivity.load(args.sensitivity)
+    lut = LatencyTable.load(args.lut) if args.lut else None
+    loaded = load_from_args(args)
+    model = loaded.model.eval()
+    example = loaded.input_spec.make(1)
+    graph = trace_channels(model, example)
+    plan = make_plan(model, example, graph, sensitivity, target, lut=lut, round_to=args.round_to,
+                     protect=args.protect, log=say)  # fmt: skip
+    plan.save(out)
+    a = plan.achieved
+    print(f"{loaded.name}: plan for {target}")
+    latency = (
+        f", predicted latency {a['latency_ms']:.3g} ms (dense {a['dense_latency_ms']:.3g})"
+        if "latency_ms" in a
+        else ""
+    )
+    print(
+        f"MACs kept {a['macs_fraction']:.2%}, parameters kept {a['params_fraction']:.2%}{latency}"
+        f"; predicted drop {plan.predicted_drop:.4g} ({plan.metric})"
+    )
+    print(plan.table())
+    for note in plan.notes:
+        print(f"note: {note}")
+    print(f"wrote {out}")
+    return 0

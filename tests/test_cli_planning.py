@@ -1,0 +1,102 @@
+"""``prunekit sensitivity`` -> ``plan`` -> ``prune --plan`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prunekit.measure.macs import count_macs
+from prunekit.models import load_model
+
+NET = """
+import torch
+from torch import nn
+
+def net(width=24):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
+    )
+"""
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> str:
+    path = tmp_path / "planning_net.py"
+    path.write_text(NET)
+    return f"{path}:net"
+
+
+def test_sensitivity_plan_prune_round(cli, model_file: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = [model_file, "--input-shape", "1,3,16,16"]
+    sens = tmp_path / "sens.json"
+    first = cli("sensitivity", *model, "--ratios", "0.25,0.5,0.75", "--out", str(sens),
+                "--plot", str(tmp_path / "sens.png"))  # fmt: skip
+    assert first.code == 0, first.err
+    assert "random inputs" in first.err
+    data = json.loads(sens.read_text())
+    assert set(data["groups"]) == {"0", "3"} and data["metric"] == "output_divergence"
+    assert (tmp_path / "sens.png").stat().st_size > 1000
+    again = cli("sensitivity", *model, "--ratios", "0.25,0.5,0.75", "--out", str(sens))
+    assert again.code == 0 and "2 groups already measured" in again.err
+    plan = tmp_path / "plan.json"
+    result = cli("plan", *model, "--target", "macs=0.6", "--sensitivity", str(sens),
+                 "--out", str(plan))  # fmt: skip
+    assert result.code == 0, result.err
+    recorded = json.loads(plan.read_text())
+    achieved = recorded["achieved"]["macs_fraction"]
+    # two small groups: a channel is worth several % of the MACs, too coarse to land within
+    # 1% of the target -- the plan then says so
+    assert achieved <= 0.6
+    assert achieved >= 0.59 or "too coarse" in recorded["notes"][0]
+    out = tmp_path / "pruned"
+    pruned = cli("prune", *model, "--plan", str(plan), "--out", str(out), "--json")
+    assert pruned.code == 0, pruned.err
+    assert pruned.json()["kept"]["macs"] == pytest.approx(recorded["achieved"]["macs_fraction"])
+    loaded = load_model(str(out))
+    dense = load_model(model_file, input_shapes=[(1, 3, 16, 16)])
+    example = dense.input_spec.make(1)
+    kept = count_macs(loaded.model, example).total / count_macs(dense.model, example).total
+    assert kept == pytest.approx(recorded["achieved"]["macs_fraction"])
+    # the plan file is never overwritten without --force
+    before = plan.read_text()
+    refused = cli("plan", *model, "--target", "macs=0.5", "--sensitivity", str(sens),
+                  "--out", str(plan))  # fmt: skip
+    assert refused.code == 1 and "already exists" in refused.err and plan.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["plan", "--target", "macs=0.01"], "cannot be met"),
+        (["plan", "--target", "flops=0.5"], "unknown target 'flops'"),
+        (["plan", "--target", "latency_ms=3"], "needs a latency table"),
+        (["plan", "--target", "macs=0.6", "--other-model"], "different model"),
+        (["prune", "--other-model"], "different model"),
+    ],
+)
+def test_planning_errors_are_one_line(  # type: ignore[no-untyped-def]
+    cli, model_file: str, tmp_path: Path, command: list[str], message: str
+) -> None:
+    model = [model_file, "--input-shape", "1,3,16,16"]
+    sens, plan = tmp_path / "sens.json", tmp_path / "plan.json"
+    assert cli("sensitivity", *model, "--ratios", "0.5,0.75", "--out", str(sens)).code == 0
+    assert cli("plan", *model, "--target", "macs=0.7", "--sensitivity", str(sens),
+               "--out", str(plan)).code == 0  # fmt: skip
+    if "--other-model" in command:
+        command.remove("--other-model")
+        model = [model_file, "--input-shape", "1,3,16,16", "--model-kwargs", '{"width": 32}']
+    out = tmp_path / "out.json"
+    if command[0] == "plan":
+        argv = ["plan", *model, *command[1:], "--sensitivity", str(sens), "--out", str(out)]
+    else:
+        argv = ["prune", *model, "--plan", str(plan), "--out", str(tmp_path / "pruned")]
+    result = cli(*argv)
+    assert result.code == 1
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "pruned").exists()
