@@ -333,3 +333,31 @@ def test_plan_round_trip_and_refusal_on_another_model(
     path.write_text(json.dumps(data))
     with pytest.raises(PlanningFileError, match="not a prunekit plan file"):
         Plan.load(path)
+
+
+def test_latency_weight_prefers_the_cuts_that_save_time(
+    analysed: tuple[nn.Module, Sensitivity],
+) -> None:
+    """At the same MACs target, charging latency moves the cut to the group whose channels
+    cost time on the device (a hand-made table: only the last group's width matters)."""
+    model, sens = analysed
+    graph = trace_channels(model, X)
+    keys = list(sens.groups)
+    flat = {k: GroupLatency(k, sens.groups[k].size, [1, sens.groups[k].size], [10.0, 10.0])
+            for k in keys}  # fmt: skip
+    size = sens.groups[keys[-1]].size
+    flat[keys[-1]] = GroupLatency(keys[-1], size, [1, size], [2.0, 10.0])
+    from prunekit.inputs import as_example_inputs
+    from prunekit.planning.fingerprint import fingerprint, structure
+
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    example = as_example_inputs(X)
+    lut = LatencyTable(fingerprint(graph, tensors, example), structure(graph, tensors, example)["inputs"],
+                       1, {"name": "test"}, 10.0, flat)  # fmt: skip
+    plain = make_plan(model, X, graph, sens, Target("macs", 0.7), lut=lut)
+    aware = make_plan(model, X, graph, sens, Target("macs", 0.7), lut=lut, latency_weight=10.0)
+    assert aware.achieved["latency_ms"] < plain.achieved["latency_ms"]
+    assert aware.keep[keys[-1]] < plain.keep[keys[-1]]
+    assert 0.69 <= aware.achieved["macs_fraction"] <= 0.7
+    with pytest.raises(PlanError, match="latency table"):
+        make_plan(model, X, graph, sens, Target("macs", 0.7), latency_weight=1.0)

@@ -321,6 +321,7 @@ def make_plan(
     round_to: int = 1,
     protect: Sequence[str] = (),
     importance: str = "l1",
+    latency_weight: float = 0.0,
     log: Log = lambda _: None,
 ) -> Plan:
     """Per-group channel counts meeting ``target`` with the least predicted drop.
@@ -331,6 +332,13 @@ def make_plan(
     sensitivity and the table must come from this model (fingerprints); ``protect``: module
     names or ``re:`` patterns whose groups are not pruned. The cost of the returned plan is
     exact (counted on the pruned structure) and lies within 1% below the target.
+
+    ``latency_weight`` (needs ``lut``) makes a MACs / params / bytes plan latency-aware: each
+    group's predicted drop is charged ``latency_weight`` times the relative latency its width
+    keeps (``(lut(k) - lut(dense)) / lut(dense)``, negative where it saves time), so that among
+    equally cheap cuts the planner takes those that make the model faster on the device the
+    table was measured on -- at equal MACs, some layers' channels cost far more time than
+    others (memory-bound depthwise convolutions, per-layer overheads at batch 1).
     """
     example = as_example_inputs(example)
     if round_to < 1:
@@ -338,6 +346,8 @@ def make_plan(
     index = ModelIndex.of(model)
     fp = fingerprint(graph, index.tensors, example)
     check_fingerprint("the sensitivity file", sensitivity.fingerprint, fp, sensitivity.model)
+    if latency_weight < 0 or (latency_weight > 0 and lut is None):
+        raise PlanError("latency_weight must be >= 0 and needs a latency table (lut)")
     if target.kind == "latency_ms" and lut is None:
         raise PlanError("a latency_ms target needs a latency table (prunekit profile --out)")
     if lut is not None:
@@ -384,6 +394,15 @@ def make_plan(
     def drop(key: str, kept: int) -> float:
         return sensitivity.groups[key].at(kept, "drop")
 
+    base_ms = float(lut.predict({})) if lut is not None else 0.0
+
+    def objective(key: str, kept: int) -> float:
+        """What the allocation minimises: the predicted drop, plus the latency charge."""
+        if latency_weight == 0:
+            return drop(key, kept)
+        kept_ms = float(lut.predict({key: kept}))  # type: ignore[union-attr]
+        return drop(key, kept) + latency_weight * (kept_ms - base_ms) / base_ms
+
     def saving(key: str, kept: int) -> float:
         """This group's saving alone, in the target's unit (an estimate for the relaxation)."""
         if kind == "latency_ms":
@@ -393,7 +412,10 @@ def make_plan(
         return fraction if kind != "bytes" else fraction * costs.base["bytes"]
 
     tables = {
-        key: (np.array([drop(key, k) for k in opts]), np.array([saving(key, k) for k in opts]))
+        key: (
+            np.array([objective(key, k) for k in opts]),
+            np.array([saving(key, k) for k in opts]),
+        )
         for key, opts in options.items()
     }
 
@@ -436,7 +458,7 @@ def make_plan(
         keep = allocation(hi)
         if not meets(keep):
             keep = most
-        return _polish(keep, options, drop, costs, kind, goal, slack)
+        return _polish(keep, options, objective, costs, kind, goal, slack)
 
     dense_value = costs.value({}, kind, exact=True)
     keep: dict[str, int] = {}
