@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -335,3 +336,47 @@ def test_a_group_that_fails_pruned_is_left_out(monkeypatch: pytest.MonkeyPatch) 
     fail_both = True
     with pytest.raises(LatencyTableError, match=r"no group could be measured.*kernel not"):
         profile_latency(net(), X, fractions=(1, 0.5), policy=TINY, threads=1)
+
+
+def test_module_latency_model_scales_each_module_by_its_work() -> None:
+    """Hand-made module times: a conv scales with its MACs, a norm / activation with its
+    output size, glue time stays; the prediction is relative to the measured total."""
+    from prunekit.inputs import as_example_inputs
+    from prunekit.planning.module_latency import ModuleLatencyModel, ModuleProfile
+
+    model = net(8).eval()  # conv(3->8) bn relu conv(8->12) relu pool flatten linear(12->5)
+    x = torch.randn(1, 3, 6, 6)
+    times = {"0": 4.0, "1": 2.0, "2": 1.0, "3": 8.0, "4": 1.0, "5": 1.0, "6": 0.5, "7": 0.5}
+    profile = ModuleProfile(times, hooked_total_ms=20.0, total_ms=10.0)  # 2 ms of glue
+    latency = ModuleLatencyModel(model, as_example_inputs(x), profile)
+    graph = trace_channels(model, x)
+    first = next(g for g in graph.prunable if g.size == 8)
+    half = np.arange(4)
+    # conv0, bn1, relu2 and conv3 halve; the rest is unchanged
+    expected = 2.0 + 4.0 / 2 + 2.0 / 2 + 1.0 / 2 + 8.0 / 2 + 1.0 + 1.0 + 0.5 + 0.5
+    assert latency.predict([(first, half)]) == pytest.approx(10.0 * expected / 20.0)
+    assert latency.predict([]) == pytest.approx(10.0)
+
+
+def test_profile_modules_times_every_leaf() -> None:
+    from prunekit.inputs import as_example_inputs
+    from prunekit.planning.module_latency import profile_modules
+
+    model = net(8).eval()
+    profile = profile_modules(model, as_example_inputs(torch.randn(2, 3, 8, 8)), repeats=3)
+    assert set(profile.module_ms) == {str(i) for i in range(8)}
+    assert all(ms > 0 for ms in profile.module_ms.values())
+    assert profile.hooked_total_ms >= sum(profile.module_ms.values()) * 0.99
+    assert profile.total_ms > 0 and profile.outside_ms >= 0
+
+
+def test_profile_by_modules_gives_a_table_per_group() -> None:
+    model = net(8)
+    x = torch.randn(1, 3, 8, 8)
+    table = profile_latency(model, x, method="modules", fractions=(1.0, 0.5), policy=TINY)
+    assert set(table.groups) == set(group_keys(trace_channels(model, x)).values())
+    for g in table.groups.values():
+        assert g.kept[-1] == g.size and g.ms[-1] == table.base_ms
+        assert all(ms <= table.base_ms * 1.000001 for ms in g.ms)  # less work, never more
+    with pytest.raises(PrunekitError, match="eager"):
+        profile_latency(model, x, method="modules", backend="onnxruntime")

@@ -35,6 +35,21 @@ def register(sub: Any) -> None:
         "1,0.75,0.5,0.25; with --quick 1,0.5)",
     )
     parser.add_argument(
+        "--method",
+        default="measure",
+        choices=("measure", "modules"),
+        help="measure: time the whole model at every point; modules: time each module of the "
+        "dense model once and model every point from that (eager only; robust on a busy "
+        "machine)",
+    )
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        metavar="N",
+        help="kept channel counts are multiples of N (use the plan's --round-to)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="fewer points and shorter timing per point: a rough table in a fraction of the time",
@@ -91,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         raise LatencyTableError(
             f"{out} already exists; choose another --out or pass --force to replace it"
         )
+    if args.round_to < 1:
+        raise InputSpecError(f"--round-to must be a positive integer, got {args.round_to}")
     if args.batch_size < 1:
         raise InputSpecError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
@@ -113,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     table = profile_latency(
         loaded.model, loaded.input_spec, graph, backend=args.backend, device=args.device,
         batch_size=args.batch_size, threads=args.threads, dtype=args.dtype,
-        fractions=fractions, policy=policy, model_name=loaded.name, log=say,
+        fractions=fractions, policy=policy, round_to=args.round_to, method=args.method, model_name=loaded.name,
+        log=say,
     )  # fmt: skip
     table.save(out, force=args.force)
     _print_human(table, out)

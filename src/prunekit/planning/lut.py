@@ -47,6 +47,7 @@ not depend on whether the graph was checked.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -55,7 +56,7 @@ import math
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ from prunekit.inputs import ExampleInputs, InputSpec, as_example_inputs, map_ten
 from prunekit.measure.backends import backend_class
 from prunekit.measure.latency import DTYPES, TimingPolicy, measure_latency, resolve_device
 from prunekit.planning.fingerprint import PlanningFileError, fingerprint, group_keys, structure
+from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
 from prunekit.pruning import check_groups
 from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import keep_count, plan_group
@@ -479,6 +481,8 @@ def profile_latency(
     dtype: str = "float32",
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     policy: TimingPolicy | None = None,
+    round_to: int = 1,
+    method: str = "measure",
     model_name: str = "",
     log: Log | None = None,
 ) -> LatencyTable:
@@ -489,15 +493,25 @@ def profile_latency(
     example inputs for one call, normally of batch size 1 (for ``batch_size`` > 1, every tensor
     whose leading dimension is 1 is repeated). ``graph``: from ``trace_channels(model, example)``, traced here when None; groups whose
     removal breaks the forward pass are marked unsafe on it (``check_groups``) and skipped.
-    Kept counts are ``keep_count(size, 1 - fraction)`` (at least 1), de-duplicated; a group
+    Kept counts are ``keep_count(size, 1 - fraction, round_to)`` (at least 1; a multiple of
+    ``round_to`` where the group is large enough -- profile with the rounding the plan will
+    use: CPU and GPU kernels can be much slower for channel counts that are not multiples of
+    8), de-duplicated; a group
     whose blocked channels cannot go keeps more, and the count actually kept is recorded. The
     dense point is the base measurement, taken once at the start and once at the end (their
     mean; a note records drift over 5%, e.g. thermal throttling). The channels cut are the
     least important by L1 group magnitude. Surgery is done on a copy moved to ``device``: the
     model itself is left unchanged. ``policy`` defaults to ``DEFAULT_POLICY``; ``log``
     receives one progress line per point.
+
+    ``method="modules"`` (eager backend only) measures the dense model once, module by module,
+    and models every point from that profile (``prunekit.planning.module_latency``): immune
+    to the run-to-run noise of whole-model timings on a busy machine, blind to kernel effects
+    of particular channel counts.
     """
     say: Log = log or (lambda _: None)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise LatencyTableError(f"round_to must be a positive integer, got {round_to!r}")
     if batch_size < 1:
         raise InputSpecError(f"batch size must be a positive integer, got {batch_size}")
     if threads is not None and threads < 1:
@@ -505,6 +519,10 @@ def profile_latency(
     if dtype not in DTYPES:
         raise InputSpecError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     kept_fractions = check_fractions(fractions)
+    if method not in ("measure", "modules"):
+        raise LatencyTableError(f"method must be 'measure' or 'modules', got {method!r}")
+    if method == "modules" and backend != "eager":
+        raise LatencyTableError("method 'modules' times PyTorch modules: use backend 'eager'")
     backend_class(backend)  # an unknown backend fails before any work
     dev = resolve_device(device)
     policy = policy or DEFAULT_POLICY
@@ -541,6 +559,14 @@ def profile_latency(
     say(f"profiling on {dev} with {backend}, batch size {batch_size}: dense model")
     base_start = measure()
     say(f"  dense: {base_start:.3f} ms")
+    modelled: ModuleLatencyModel | None = None
+    if method == "modules":
+        batch = spec.make(batch_size).to(dev, DTYPES[dtype])
+        repeats = max(policy.min_repeats, 5)
+        with _threads(threads):
+            profile = profile_modules(work, batch, repeats=repeats)
+        modelled = ModuleLatencyModel(work, traced, profile)
+        say(f"  {len(profile.module_ms)} modules timed ({repeats} calls); every point modelled")
     candidates = [g for g in graph.groups if g.id in keys]
     skipped = {
         keys[g.id]: SkippedGroup(
@@ -562,17 +588,24 @@ def profile_latency(
         try:
             for fraction in kept_fractions:
                 plan = plan_group(
-                    group, group.size - keep_count(group.size, 1 - fraction, 1), scores
+                    group, group.size - keep_count(group.size, 1 - fraction, round_to), scores
                 )
                 kept = group.size - len(plan.remove)  # blocked channels may keep more
                 if kept in done:
                     continue
                 done.add(kept)
-                record = remove_atoms(work, [(group, plan.remove)], index)
-                try:
-                    ms = measure()
-                finally:
-                    record.undo()
+                if modelled is not None:
+                    ms = (
+                        modelled.predict([(group, plan.remove)])
+                        * base_start
+                        / modelled.profile.total_ms
+                    )
+                else:
+                    record = remove_atoms(work, [(group, plan.remove)], index)
+                    try:
+                        ms = measure()
+                    finally:
+                        record.undo()
                 points.append((kept, ms))
                 say(f"  [{i}/{len(todo)}] {key} ({group.size}): {kept} kept -> {ms:.3f} ms")
         except Exception as exc:  # the pruned model fails to run (or export): leave it out
@@ -589,7 +622,7 @@ def profile_latency(
             f"no group could be measured pruned (the first: {failed[0]}); rerun with --debug "
             "(or logging at DEBUG) for the tracebacks"
         )
-    base_end = measure()
+    base_end = measure() if modelled is None else base_start
     base_ms = (base_start + base_end) / 2
     say(f"  dense again: {base_end:.3f} ms")
 
@@ -623,3 +656,15 @@ def profile_latency(
         notes=notes,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` for the duration (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
