@@ -21,6 +21,17 @@ each batch a pair ``(inputs, targets)`` or inputs alone; tensors are moved to th
 device. Only ``taylor`` uses targets: its loss is ``loss_fn(model(inputs), targets)``
 (cross-entropy by default) or ``batch_loss(model, batch)``.
 
+Transformer encoders (Hugging Face BERT, RoBERTa, DistilBERT, ViT...) have criteria of their
+own, outside the registry above because they score only some groups and need a model-specific
+loss (or embeddings):
+
+* ``head_importance`` (data): mask-gradient importance of attention heads (Michel et al.,
+  "Are Sixteen Heads Really Better than One?", 2019), with a task loss or a label-free
+  embedding sensitivity (``head_importance`` module);
+* ``ffn_importance`` (data): the same for FFN intermediate neurons;
+* ``layer_importance`` (data): the fidelity drop when one encoder layer is skipped, and
+  ``drop_layers`` to remove layers (``layer_importance`` module).
+
 A criterion that cannot score some group (``bn_scale`` on a group without normalisation
 layer, for instance) scores it by L1 magnitude instead and says so: the returned
 ``GroupScores`` lists such groups in ``.fallback`` (group id -> reason), and a warning is
@@ -39,6 +50,18 @@ from torch import nn
 from prunekit.criteria._common import CriterionError, GroupScores
 from prunekit.criteria.activation import activation_scores
 from prunekit.criteria.bn_scale import bn_scale_scores
+from prunekit.criteria.head_importance import (
+    TransformerGroup,
+    ffn_importance,
+    head_importance,
+    transformer_groups,
+)
+from prunekit.criteria.layer_importance import (
+    LayerImportance,
+    drop_layers,
+    encoder_layers,
+    layer_importance,
+)
 from prunekit.criteria.magnitude import magnitude_scores
 from prunekit.criteria.random import random_scores
 from prunekit.criteria.taylor import BatchLoss, LossFn, taylor_scores
@@ -53,13 +76,21 @@ __all__ = [
     "Criterion",
     "CriterionError",
     "GroupScores",
+    "LayerImportance",
     "LossFn",
+    "TransformerGroup",
     "activation_scores",
     "bn_scale_scores",
+    "drop_layers",
+    "encoder_layers",
+    "ffn_importance",
     "group_scores",
+    "head_importance",
+    "layer_importance",
     "magnitude_scores",
     "random_scores",
     "taylor_scores",
+    "transformer_groups",
 ]
 
 

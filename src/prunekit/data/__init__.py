@@ -1,6 +1,10 @@
-"""Datasets for measuring accuracy: MNIST-format IDX files, sklearn digits, image folders."""
+"""Datasets for measuring accuracy: MNIST-format IDX files, sklearn digits, image folders; and
+a set of English sentences for label-free calibration and fidelity of sentence encoders."""
 
 from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
 
 from prunekit.data.digits import digits_arrays, load_digits_split
 from prunekit.data.idx import (
@@ -13,6 +17,7 @@ from prunekit.data.idx import (
     write_idx,
 )
 from prunekit.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder_dataset
+from prunekit.errors import DataError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -25,6 +30,39 @@ __all__ = [
     "image_folder_dataset",
     "load_digits_split",
     "load_idx_split",
+    "load_sentences",
     "read_idx",
     "write_idx",
 ]
+
+
+SENTENCES = "sentences.txt"
+
+
+def load_sentences(path: str | Path | None = None) -> list[str]:
+    """The sentences of a text file, one per line (blank lines skipped, surrounding whitespace
+    stripped), in file order.
+
+    ``path=None``: the sentences shipped with prunekit (``prunekit/data/sentences.txt``): a few
+    hundred varied English sentences written for prunekit (everyday life, science, sport, food,
+    technology, weather...; short and long; with near-paraphrase pairs, so that the pairwise
+    similarities have structure), for calibrating and checking sentence encoders without a
+    dataset. Raises ``DataError`` naming the path when the file is missing or holds no sentence.
+    """
+    if path is None:
+        source = resources.files(__name__).joinpath(SENTENCES)
+        where = str(source)
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            raise DataError(f"the sentence file {where} is missing: reinstall prunekit") from None
+    else:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise DataError(f"the sentence file {where} does not exist or is not a file") from None
+    sentences = [line.strip() for line in text.splitlines() if line.strip()]
+    if not sentences:
+        raise DataError(f"the sentence file {where} holds no sentence (it is empty)")
+    return sentences
