@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from prunekit._utils import describe_exception
-from prunekit.errors import ModelSourceError
+from prunekit.errors import ModelSourceError, PrunekitError
 from prunekit.inputs import InputSpec, KeywordTensorSpec, TokenSpec
 from prunekit.models._loaded import LoadedModel
 
@@ -83,20 +83,28 @@ def build(
         raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelSourceError(f"cannot read {path / 'config.json'}: {exc}") from exc
-    if "auto_map" in raw and not trust_remote_code:
+    from prunekit.hf.load import is_pruned_config, load_pruned
+
+    # a prunekit export: loaded with prunekit's own copy of its modeling code
+    pruned = is_pruned_config(raw)
+    if "auto_map" in raw and not trust_remote_code and not pruned:
         raise ModelSourceError(
             f"{path} defines its own model code (auto_map in config.json); "
             "pass --trust-remote-code if you trust it"
         )
     try:
-        config = transformers.AutoConfig.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=trust_remote_code
-        )
-        cls = _model_class(transformers, config)
-        model: nn.Module = cls.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, KeyError) as exc:
+        if pruned:
+            model: nn.Module = load_pruned(path)
+            config: Any = model.config
+        else:
+            config = transformers.AutoConfig.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            cls = _model_class(transformers, config)
+            model = cls.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code
+            )
+    except (OSError, ValueError, KeyError, PrunekitError) as exc:
         raise ModelSourceError(
             f"cannot load Hugging Face model from {path}: {describe_exception(exc)}"
         ) from exc
@@ -112,7 +120,10 @@ def build(
         details={"model_type": getattr(config, "model_type", None), "class": type(model).__name__},
         recipe={
             "kind": "huggingface",
-            "class": type(model).__name__,
+            # a prunekit export's stock class: build_original() makes it from transformers
+            "class": (raw.get("architectures") or [type(model).__name__])[0]
+            if pruned
+            else type(model).__name__,
             "config": json.loads(config.to_json_string()),
         },
     )
