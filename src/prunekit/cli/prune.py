@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from prunekit.cli import prune_transformer
 from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json
 
 
@@ -20,6 +21,7 @@ def register(sub: Any) -> None:
     )
     add_model_arguments(parser)
     amount = parser.add_mutually_exclusive_group(required=True)
+    prune_transformer.add_arguments(parser, amount)
     amount.add_argument(
         "--ratio",
         type=float,
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.pruning import PruneConfigError, StructuredPruning, check_groups, prune
     from prunekit.pruning.target import search_ratio
 
+    if prune_transformer.wants_transformer_path(args):
+        return prune_transformer.run(args)
     out = Path(args.out)
     if out.exists() and not args.force:
         raise ArtifactError(

@@ -1,0 +1,123 @@
+"""``prunekit prune HF_DIR --heads R [--ffn R] [--layers N] --out DIR``: the transformer path.
+
+Layers, attention heads and FFN neurons go by data-driven importance measured on sentences
+(``--data``, one per line; default: prunekit's built-in set); the result is a Hugging Face
+directory (``AutoModel.from_pretrained(DIR, trust_remote_code=True)``, or prunekit without
+remote code) with the tokenizer and a ``prune.json`` record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prunekit.cli._common import load_from_args, print_json, say
+
+
+def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
+    amount.add_argument("--heads", type=float, metavar="R",
+                        help="transformers: fraction of all attention heads to remove")  # fmt: skip
+    parser.add_argument("--ffn", type=float, default=0.0, metavar="R",
+                        help="transformers: fraction of all FFN neurons to remove")  # fmt: skip
+    parser.add_argument("--layers", type=int, default=0, metavar="N",
+                        help="transformers: drop the N least important encoder layers")  # fmt: skip
+    parser.add_argument("--data", metavar="FILE",
+                        help="transformers: sentences, one per line, to measure importance on "
+                        "(default: prunekit's built-in set)")  # fmt: skip
+    parser.add_argument("--criterion", default="importance",
+                        choices=("importance", "magnitude", "random"),
+                        help="transformers: how heads / neurons / layers are ranked")  # fmt: skip
+    parser.add_argument("--distill-seconds", type=float, default=0.0, metavar="S",
+                        help="transformers: distil the dense model's embeddings on --data for "
+                        "up to S seconds after pruning (0: no recovery)")  # fmt: skip
+
+
+def wants_transformer_path(args: argparse.Namespace) -> bool:
+    return args.heads is not None or bool(args.ffn) or bool(args.layers)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    import torch
+
+    from prunekit.data import load_sentences
+    from prunekit.errors import InputSpecError
+    from prunekit.evaluate.embedding import embed, fidelity, sentence_batches
+    from prunekit.hf import save_pretrained_pruned
+    from prunekit.measure.params import count_params
+    from prunekit.pruning.transformer import TransformerPruning, prune_transformer
+    from prunekit.recovery.embedding_distill import distill_embeddings
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputSpecError(f"{out} already exists; choose another --out or pass --force")
+    if args.ratio is not None or args.target or args.plan:
+        raise InputSpecError(
+            "--heads/--ffn/--layers cannot be combined with --ratio/--target/--plan"
+        )
+    config = TransformerPruning(heads=args.heads or 0.0, ffn=args.ffn, layers=args.layers,
+                                criterion=args.criterion)  # fmt: skip
+    if args.distill_seconds < 0:
+        raise InputSpecError("--distill-seconds must be >= 0")
+    sentences = load_sentences(args.data)
+    source = Path(args.model)
+    if not source.is_dir():
+        raise InputSpecError(
+            f"{args.model}: --heads/--ffn/--layers prune a Hugging Face model directory "
+            "(with its tokenizer)"
+        )
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except Exception as exc:
+        raise InputSpecError(
+            f"{source}: no tokenizer to encode the sentences with ({exc})"
+        ) from None
+    loaded = load_from_args(args)
+    model = loaded.model.eval()
+    length = args.seq_len or 128
+    dense = copy.deepcopy(model)
+    before = count_params(model).params
+    calibration = sentence_batches(tokenizer, sentences[:64], 16, length)
+    example = dict(tokenizer(sentences[0], return_tensors="pt"))  # unpadded: heads traceable
+    result = prune_transformer(model, example, calibration, config, log=say)
+    if args.distill_seconds:
+        batches = sentence_batches(tokenizer, sentences, 32, length)
+        distill_embeddings(model, dense, batches, time_budget_s=args.distill_seconds, log=say)
+        model.eval()
+    with torch.no_grad():
+        quality = fidelity(embed(dense, tokenizer, sentences, max_length=length),
+                           embed(model, tokenizer, sentences, max_length=length))  # fmt: skip
+    record = {
+        "model": loaded.name,
+        "config": {"heads": config.heads, "ffn": config.ffn, "layers": config.layers,
+                   "criterion": config.criterion, "distill_seconds": args.distill_seconds},
+        **result.to_dict(),
+        "params": {"before": before, "after": count_params(model).params},
+        "fidelity_on_data": quality,
+        "sentences": len(sentences),
+    }  # fmt: skip
+    # drop_layers renumbered the layers and the config: the record keeps the original indices
+    save_pretrained_pruned(model, out, tokenizer_dir=source, force=args.force)
+    (out / "prune.json").write_text(json.dumps(record, indent=1))
+    if args.json:
+        print_json(record)
+        return 0
+    print(f"{loaded.name}: heads per layer {result.heads_before} -> {result.heads}")
+    if config.ffn:
+        print(f"FFN neurons per layer {result.ffn_before} -> {result.ffn}")
+    if result.dropped_layers:
+        print(f"dropped layers {result.dropped_layers}")
+    p = record["params"]
+    print(f"parameters {p['before']:,} -> {p['after']:,} ({p['after'] / p['before']:.1%})")
+    print(f"fidelity on {len(sentences)} sentences: mean cosine {quality['mean_cosine']:.4f}, "
+          f"Spearman of pairwise similarities {quality['spearman']:.4f}")  # fmt: skip
+    print(
+        f"wrote {out}/ (Hugging Face directory: AutoModel.from_pretrained(DIR, "
+        "trust_remote_code=True); prune.json)"
+    )
+    return 0

