@@ -361,3 +361,38 @@ def test_latency_weight_prefers_the_cuts_that_save_time(
     assert 0.69 <= aware.achieved["macs_fraction"] <= 0.7
     with pytest.raises(PlanError, match="latency table"):
         make_plan(model, X, graph, sens, Target("macs", 0.7), latency_weight=1.0)
+
+
+def test_the_speedup_report_compares_with_the_ideal_and_says_when_it_lags() -> None:
+    from prunekit.planning.verify import SpeedupReport, SpeedupRow
+
+    report = SpeedupReport("eager", 2, dense_macs=300, pruned_macs=180)
+    report.rows = [
+        SpeedupRow(1, 10.0, 9.0, report.ideal),
+        SpeedupRow(32, 100.0, 62.0, report.ideal),
+    ]
+    assert report.ideal == pytest.approx(300 / 180)
+    assert report.rows[0].of_ideal == pytest.approx((10 / 9) / (300 / 180))
+    findings = report.findings()
+    assert len(findings) == 1 and findings[0].startswith("batch 1:")  # 1.11x of 1.67x
+    assert "1.11x faster" in findings[0] and "1.67x fewer MACs" in findings[0]
+    data = report.to_dict()
+    assert data["rows"][1]["measured"] == pytest.approx(100 / 62)
+    assert data["findings"] == findings
+
+
+def test_verify_measures_both_models_with_the_same_settings() -> None:
+    from prunekit.inputs import TensorSpec
+    from prunekit.measure.latency import TimingPolicy
+    from prunekit.planning.verify import verify_speedup
+
+    dense = net()
+    pruned = net()
+    prune(pruned, X, ratio=0.5)
+    tiny = TimingPolicy(warmup_calls=1, warmup_s=0, min_repeats=2, max_repeats=3, min_time_s=0,
+                        max_time_s=0.05)  # fmt: skip
+    report = verify_speedup(dense, pruned, TensorSpec(((1, 3, 12, 12),)), [1, 2], policy=tiny)
+    assert [r.batch_size for r in report.rows] == [1, 2]
+    assert report.dense_macs == count_macs(dense, X).total
+    assert report.pruned_macs == count_macs(pruned, X).total
+    assert all(r.ideal == pytest.approx(report.ideal) and r.dense_ms > 0 for r in report.rows)

@@ -57,6 +57,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--json", action="store_true", help="print the prune.json record on stdout")
+    verify = parser.add_argument_group("verify (after pruning)")
+    verify.add_argument("--verify", action="store_true",
+                        help="measure dense and pruned latency on --backend and report the "
+                        "speedup next to the ideal dense/pruned MACs")  # fmt: skip
+    verify.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"))
+    verify.add_argument("--batch-sizes", default="1,32", metavar="LIST")
+    verify.add_argument("--threads", type=int, metavar="N")
     add_debug(parser)
     parser.set_defaults(handler=run)
 
@@ -90,10 +97,12 @@ def _patterns(values: list[str], module_names: set[str]) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import copy
     from pathlib import Path
 
     from prunekit.artifact import ArtifactError, save
     from prunekit.graph import trace_channels
+    from prunekit.inputs import parse_int_list
     from prunekit.measure.macs import count_macs
     from prunekit.measure.params import count_params
     from prunekit.pruning import PruneConfigError, StructuredPruning, check_groups, prune
@@ -117,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         importance=args.importance,
     )
+    batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes") if args.verify else []
     loaded = load_from_args(args)
     model, example = loaded.model, loaded.input_spec.make(1)
+    dense = copy.deepcopy(model) if args.verify else None
     names = {n for n, _ in model.named_modules() if n}
     config = StructuredPruning(**{**base.to_dict(), "ignore": _patterns(args.ignore, names)})
     config.check_patterns(sorted(names))
@@ -163,6 +174,13 @@ def run(args: argparse.Namespace) -> int:
         "timing_s": {"trace": trace_s, "prune": prune_s},
         **result.to_dict(),
     }
+    speedup = None
+    if dense is not None:
+        from prunekit.planning.verify import verify_speedup
+
+        speedup = verify_speedup(dense, model, loaded.input_spec, batch_sizes,
+                                 backend=args.backend, threads=args.threads)  # fmt: skip
+        record["verify"] = speedup.to_dict()
     save(model, out, recipe=loaded.recipe, input_spec=loaded.input_spec, task=loaded.task,
          extra_files={"prune.json": record}, force=args.force)  # fmt: skip
     if args.json:
@@ -174,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
             f"ratio {config.ratio:.4f}{' with per-group adjustments' if config.ratios else ''} keeps {search.kept_fraction:.2%} of the MACs (target {target:.0%})"
         )
     _print_human(record, out)
+    if speedup is not None:
+        print(f"\nmeasured on {speedup.backend}, {speedup.threads} threads:")
+        print(speedup.table())
+        for finding in speedup.findings():
+            print(f"note: {finding}")
     return 0
 
 

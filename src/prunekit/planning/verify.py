@@ -1,0 +1,116 @@
+"""Did the MACs cut become a latency cut? Measure both models on the real backend and say so.
+
+The ideal speedup of a pruned model is ``dense MACs / pruned MACs`` (``1 / (1 - cut)``). What
+a backend delivers is often much less -- per-layer overheads at batch 1, memory-bound layers,
+kernels tuned for channel counts that are multiples of 8 -- the most common complaint about
+pruning toolkits. ``verify_speedup`` measures the dense and the pruned model with the same
+backend, threads and timing policy, one batch size at a time, alternating the two models so
+that a drift of the machine's speed affects both alike, and reports the measured speedup
+next to the ideal, flagging every batch size where it falls below ``warn_below`` of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from prunekit.inputs import InputSpec
+from prunekit.measure.latency import TimingPolicy, measure_latency
+from prunekit.measure.macs import count_macs
+
+WARN_BELOW = 0.8
+
+
+@dataclass
+class SpeedupRow:
+    batch_size: int
+    dense_ms: float
+    pruned_ms: float
+    ideal: float
+
+    @property
+    def measured(self) -> float:
+        return self.dense_ms / self.pruned_ms
+
+    @property
+    def of_ideal(self) -> float:
+        return self.measured / self.ideal
+
+
+@dataclass
+class SpeedupReport:
+    backend: str
+    threads: int
+    dense_macs: int
+    pruned_macs: int
+    rows: list[SpeedupRow] = field(default_factory=list)
+    warn_below: float = WARN_BELOW
+
+    @property
+    def ideal(self) -> float:
+        return self.dense_macs / self.pruned_macs if self.pruned_macs else float("inf")
+
+    def findings(self) -> list[str]:
+        """One plain sentence per batch size where the latency gain lags the MACs gain."""
+        out = []
+        for r in self.rows:
+            if r.of_ideal < self.warn_below:
+                out.append(
+                    f"batch {r.batch_size}: {self.backend} runs the pruned model only "
+                    f"{r.measured:.2f}x faster although it has {r.ideal:.2f}x fewer MACs "
+                    f"({r.of_ideal:.0%} of the ideal): time here goes to work MACs do not count "
+                    "(per-layer overheads, memory-bound layers, kernel choices); try a "
+                    "latency-aware plan (prunekit profile + plan --lut) or another backend"
+                )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for row, raw in zip(self.rows, data["rows"], strict=True):
+            raw["measured"] = row.measured
+            raw["of_ideal"] = row.of_ideal
+        data["ideal"] = self.ideal
+        data["findings"] = self.findings()
+        return data
+
+    def table(self) -> str:
+        lines = [
+            f"{'batch':>5} {'dense ms':>10} {'pruned ms':>10} {'speedup':>8} {'ideal':>6} {'of ideal':>8}"
+        ]
+        for r in self.rows:
+            lines.append(
+                f"{r.batch_size:>5} {r.dense_ms:>10.3f} {r.pruned_ms:>10.3f} {r.measured:>7.2f}x "
+                f"{r.ideal:>5.2f}x {r.of_ideal:>8.0%}"
+            )
+        return "\n".join(lines)
+
+
+def verify_speedup(
+    dense: nn.Module,
+    pruned: nn.Module,
+    spec: InputSpec,
+    batch_sizes: Sequence[int] = (1, 32),
+    *,
+    backend: str = "eager",
+    device: str = "cpu",
+    threads: int | None = None,
+    policy: TimingPolicy | None = None,
+    warn_below: float = WARN_BELOW,
+) -> SpeedupReport:
+    example = spec.make(1)
+    dense_macs = count_macs(dense, example).total
+    pruned_macs = count_macs(pruned, example).total
+    report = SpeedupReport(backend, threads or 0, dense_macs, pruned_macs, warn_below=warn_below)
+    ideal = report.ideal
+    for batch in batch_sizes:
+        ms = {}
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            latency = measure_latency(model, spec, [batch], backend=backend, device=device,
+                                      threads=threads, policy=policy)  # fmt: skip
+            report.threads = latency.threads
+            ms[name] = latency.results[0].summary.median_ms
+        report.rows.append(SpeedupRow(batch, ms["dense"], ms["pruned"], ideal))
+    return report
