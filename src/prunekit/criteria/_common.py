@@ -171,3 +171,14 @@ def calibration_batches(
         count += 1
     if count == 0:
         raise CriterionError(f"the calibration data for {criterion!r} holds no batch")
+
+
+def scalar_loss(loss: Any, what: str, no_gradient: str) -> torch.Tensor:
+    """``loss`` as a 0-d tensor that has a gradient; ``what`` names who needs it in the error,
+    ``no_gradient`` says what to check when it has none."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise CriterionError(f"{what} a scalar loss tensor, got {shape}")
+    if not loss.requires_grad:
+        raise CriterionError(f"the loss {no_gradient}")
+    return loss.reshape(())

@@ -78,6 +78,7 @@ from prunekit.criteria._common import (
     model_device,
     model_tensors,
     module_of,
+    scalar_loss,
 )
 from prunekit.criteria.layer_importance import batch_embedding, encoder_layers
 from prunekit.evaluate.embedding import BatchEmbedding
@@ -223,15 +224,12 @@ def _per_atom(
 
 
 def _check_loss(loss: Any) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise CriterionError(f"loss_fn must return a scalar loss tensor, got {shape}")
-    if not loss.requires_grad:
-        raise CriterionError(
-            "the loss does not depend on the model's activations (it has no gradient): "
-            "loss_fn must not run the model under torch.no_grad()"
-        )
-    return loss.reshape(())
+    return scalar_loss(
+        loss,
+        "loss_fn must return",
+        "does not depend on the model's activations (it has no gradient): loss_fn must not "
+        "run the model under torch.no_grad()",
+    )
 
 
 def _mask_gradient_scores(

@@ -38,6 +38,7 @@ from prunekit.criteria._common import (
     calibration_batches,
     model_device,
     model_tensors,
+    scalar_loss,
 )
 from prunekit.graph import ChannelGraph
 
@@ -54,15 +55,12 @@ def _per_index(prod: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _check_loss(loss: Any) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise CriterionError(f"the Taylor criterion needs a scalar loss tensor, got {shape}")
-    if not loss.requires_grad:
-        raise CriterionError(
-            "the loss does not depend on any parameter of a prunable group (it has no "
-            "gradient): check loss_fn / batch_loss"
-        )
-    return loss.reshape(())
+    return scalar_loss(
+        loss,
+        "the Taylor criterion needs",
+        "does not depend on any parameter of a prunable group (it has no gradient): check "
+        "loss_fn / batch_loss",
+    )
 
 
 def taylor_scores(

@@ -55,7 +55,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +70,7 @@ from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, InputSpec, as_example_inputs, map_tensors
 from prunekit.measure.backends import backend_class
 from prunekit.measure.latency import DTYPES, TimingPolicy, measure_latency, resolve_device
+from prunekit.planning._files import write_json_atomic
 from prunekit.planning.fingerprint import PlanningFileError, fingerprint, group_keys, structure
 from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
 from prunekit.pruning import check_groups
@@ -344,18 +344,7 @@ class LatencyTable:
                 f"{path} already exists; choose another file or pass --force (force=True) "
                 "to replace it"
             )
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(path, self.to_dict(), allow_nan=False)
         return path
 
     @classmethod

@@ -46,13 +46,14 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import ChannelGraph, Group
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
+from prunekit.planning._files import check_header, read_json, write_json_atomic
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
     fingerprint,
     group_keys,
 )
-from prunekit.planning.sensitivity import Sensitivity, read_json, write_json_atomic
+from prunekit.planning.sensitivity import Sensitivity
 from prunekit.pruning.config import matches
 from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import plan_group, producers
@@ -139,12 +140,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:
-        if data.get("format") != FORMAT:
-            raise PlanningFileError(f"{source} is not a prunekit plan file")
-        if data.get("version") != VERSION:
-            raise PlanningFileError(
-                f"{source} has version {data.get('version')}; this prunekit reads {VERSION}"
-            )
+        check_header(data, FORMAT, VERSION, "plan", source)
         try:
             return cls(
                 fingerprint=str(data["fingerprint"]),

@@ -24,10 +24,7 @@ stopped: groups already in the file are not measured again.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +39,7 @@ from prunekit._utils import meta_copy, module_device
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
+from prunekit.planning._files import check_header, read_json, write_json_atomic
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
@@ -188,12 +186,7 @@ class Sensitivity:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "sensitivity data") -> Sensitivity:
-        if data.get("format") != FORMAT:
-            raise PlanningFileError(f"{source} is not a prunekit sensitivity file")
-        if data.get("version") != VERSION:
-            raise PlanningFileError(
-                f"{source} has version {data.get('version')}; this prunekit reads {VERSION}"
-            )
+        check_header(data, FORMAT, VERSION, "sensitivity", source)
         try:
             groups = {
                 key: GroupSensitivity(
@@ -246,27 +239,6 @@ class Sensitivity:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise PlanningFileError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanningFileError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
 def _check_ratios(ratios: Sequence[float]) -> list[float]:
