@@ -243,15 +243,16 @@ def part_b(args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(1, 3, 224, 224)
     dense_macs = count_macs(dense, x).total
     graph = trace_channels(dense, x)
-    lut_path = cache / f"lut_b{args.lut_batch}.json"
+    lut_path = cache / f"lut_{args.lut_method}_b{args.lut_batch}.json"
     if lut_path.exists():
         from prunekit.planning.lut import LatencyTable
 
         lut = LatencyTable.load(lut_path)
     else:
         lut = profile_latency(dense, x, graph, batch_size=args.lut_batch, threads=args.threads,
-                              fractions=(1.0, 0.75, 0.5, 0.25), model_name="mobilenet_v2",
-                              log=log)  # fmt: skip
+                              fractions=(1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25),
+                              round_to=args.round_to, method=args.lut_method,
+                              model_name="mobilenet_v2", log=log)  # fmt: skip
         lut.save(lut_path)
     calibration = [torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(1))]
     sens = analyze_sensitivity(dense, x, graph, OutputDivergence(dense, calibration),
@@ -298,6 +299,7 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--lut-batch", type=int, default=32)
     parser.add_argument("--latency-weight", type=float, default=1.0)
+    parser.add_argument("--lut-method", default="modules", choices=("modules", "measure"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="shorter latency timing")
     parser.add_argument("--cache", default="benchmarks/results/mobilenetv2")
