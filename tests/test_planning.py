@@ -396,3 +396,24 @@ def test_verify_measures_both_models_with_the_same_settings() -> None:
     assert report.dense_macs == count_macs(dense, X).total
     assert report.pruned_macs == count_macs(pruned, X).total
     assert all(r.ideal == pytest.approx(report.ideal) and r.dense_ms > 0 for r in report.rows)
+
+
+def test_an_objective_that_favours_pruning_still_lands_on_the_target(
+    analysed: tuple[nn.Module, Sensitivity],
+) -> None:
+    """A latency charge so large that the cheapest plan prunes everything: the MACs target
+    is a target, not a ceiling -- channels are given back until the plan is within 1%."""
+    model, sens = analysed
+    graph = trace_channels(model, X)
+    keys = list(sens.groups)
+    table = {k: GroupLatency(k, sens.groups[k].size, [1, sens.groups[k].size], [1.0, 10.0])
+             for k in keys}  # fmt: skip
+    from prunekit.inputs import as_example_inputs
+    from prunekit.planning.fingerprint import fingerprint, structure
+
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    example = as_example_inputs(X)
+    lut = LatencyTable(fingerprint(graph, tensors, example), structure(graph, tensors, example)["inputs"],
+                       1, {"name": "test"}, 10.0, table)  # fmt: skip
+    plan = make_plan(model, X, graph, sens, Target("macs", 0.8), lut=lut, latency_weight=100.0)
+    assert 0.79 <= plan.achieved["macs_fraction"] <= 0.8

@@ -526,7 +526,9 @@ def _polish(
         opts = options[key]
         return opts.index(keep[key]) if keep[key] in opts else len(opts) - 1
 
-    for _ in range(10 * len(options) + 10):
+    # every round moves one option step; a walk from the most to the least pruned plan
+    # takes at most this many
+    for _ in range(sum(len(opts) for opts in options.values()) + 10):
         value = costs.value(keep, kind)
         if value >= goal - slack:
             break
