@@ -9,8 +9,9 @@ synchronised, so queued asynchronous work is never mistaken for a fast call.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,18 @@ from prunekit.measure._stats import LatencySummary, summarize
 from prunekit.measure.backends import backend_class
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` for the duration (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -173,36 +186,36 @@ def measure_latency(
     policy = policy or TimingPolicy()
     dev = resolve_device(device)
     torch_dtype = DTYPES[dtype]
-    previous_threads = torch.get_num_threads()
-    n_threads = threads or previous_threads
+    n_threads = threads or torch.get_num_threads()
     was_training = model.training
     backend_cls = backend_class(backend)
     timer = _cuda_timer if dev.type == "cuda" else _cpu_timer
     results = []
-    torch.set_num_threads(n_threads)
     model.eval()
     try:
-        model.to(device=dev, dtype=torch_dtype)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        runtime = backend_cls(model, dev, n_threads)
-        try:
-            for bs in batch_sizes:
-                example: ExampleInputs = spec.make(bs).to(dev, torch_dtype)
-                if channels_last:
-                    example = _channels_last(example)
-                if progress:
-                    progress(f"{backend} on {dev.type}: preparing batch size {bs}")
-                run = runtime.runner(example, bs)
-                samples, stable = time_calls(run, timer, policy)
-                results.append(BatchResult(summarize(samples, bs), samples, stable))
-                if progress:
-                    s = results[-1].summary
-                    progress(f"  batch {bs}: median {s.median_ms:.3f} ms over {s.repeats} calls")
-        finally:
-            runtime.close()
+        with intra_op_threads(n_threads):
+            model.to(device=dev, dtype=torch_dtype)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            runtime = backend_cls(model, dev, n_threads)
+            try:
+                for bs in batch_sizes:
+                    example: ExampleInputs = spec.make(bs).to(dev, torch_dtype)
+                    if channels_last:
+                        example = _channels_last(example)
+                    if progress:
+                        progress(f"{backend} on {dev.type}: preparing batch size {bs}")
+                    run = runtime.runner(example, bs)
+                    samples, stable = time_calls(run, timer, policy)
+                    results.append(BatchResult(summarize(samples, bs), samples, stable))
+                    if progress:
+                        s = results[-1].summary
+                        progress(
+                            f"  batch {bs}: median {s.median_ms:.3f} ms over {s.repeats} calls"
+                        )
+            finally:
+                runtime.close()
     finally:
-        torch.set_num_threads(previous_threads)
         model.train(was_training)
     return LatencyReport(
         backend=backend,

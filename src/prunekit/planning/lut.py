@@ -47,7 +47,6 @@ not depend on whether the graph was checked.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import json
@@ -55,7 +54,7 @@ import logging
 import math
 import os
 import platform
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,13 @@ from prunekit.errors import InputSpecError
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, InputSpec, as_example_inputs, map_tensors
 from prunekit.measure.backends import backend_class
-from prunekit.measure.latency import DTYPES, TimingPolicy, measure_latency, resolve_device
+from prunekit.measure.latency import (
+    DTYPES,
+    TimingPolicy,
+    intra_op_threads,
+    measure_latency,
+    resolve_device,
+)
 from prunekit.planning._files import write_json_atomic
 from prunekit.planning.fingerprint import PlanningFileError, fingerprint, group_keys, structure
 from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
@@ -552,7 +557,7 @@ def profile_latency(
     if method == "modules":
         batch = spec.make(batch_size).to(dev, DTYPES[dtype])
         repeats = max(policy.min_repeats, 5)
-        with _threads(threads):
+        with intra_op_threads(threads):
             profile = profile_modules(work, batch, repeats=repeats)
         modelled = ModuleLatencyModel(work, traced, profile)
         say(f"  {len(profile.module_ms)} modules timed ({repeats} calls); every point modelled")
@@ -645,15 +650,3 @@ def profile_latency(
         notes=notes,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-@contextlib.contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    """PyTorch's intra-op thread count set to ``threads`` for the duration (None: unchanged)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
