@@ -25,7 +25,14 @@ from prunekit.mcu.qmodel import (
     integer_forward,
     integer_predict,
 )
-from prunekit.mcu.storage import FORMATS, EncodedWeights, encode, storage_report
+from prunekit.mcu.storage import (
+    CODEBOOK_FORMATS,
+    FORMATS,
+    EncodedWeights,
+    best_encoding,
+    encode,
+    storage_report,
+)
 
 pytestmark = pytest.mark.skipif(
     find_c_compiler() is None, reason="no C compiler ($CC, cc, gcc or clang) on PATH"
@@ -144,6 +151,18 @@ def test_every_format_is_bit_exact(
     assert_exact(model, source, samples(np.random.default_rng(1), SMALL_WIDTHS[0]), tmp_path)
 
 
+@pytest.mark.parametrize("span", [2, 127])
+def test_huffman_escapes_and_shared_values_are_bit_exact(
+    span: int, small_model: QuantizedMLP, shared_model: QuantizedMLP, tmp_path: Path
+) -> None:
+    for model in (small_model, shared_model):
+        encodings = [encode(layer.weight, "huffman", span=span) for layer in model.layers]
+        if span == 2:
+            assert encodings[0].params["entries"] > encodings[0].params["nnz"]  # escapes used
+        source = generate_c(model, encodings)
+        assert_exact(model, source, samples(np.random.default_rng(5), 300, 100), tmp_path)
+
+
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_relative_gap_widths_are_bit_exact(
     k: int, small_model: QuantizedMLP, tmp_path: Path
@@ -158,7 +177,11 @@ def test_relative_gap_widths_are_bit_exact(
 def test_lenet_best_encoding_is_bit_exact_and_small(lenet: QuantizedMLP, tmp_path: Path) -> None:
     source = generate_c(lenet)
     first = source.encodings[0]
-    assert (first.format, first.params["bits"]) == ("relative_cb", 4)
+    # Huffman-coded gaps and values beat the best fixed-width format (4-bit relative codes)
+    assert first.format == "huffman"
+    fixed = best_encoding(lenet.layers[0].weight, CODEBOOK_FORMATS)
+    assert (fixed.format, fixed.params["bits"]) == ("relative_cb", 4)
+    assert first.nbytes < 0.95 * fixed.nbytes
     report = storage_report(lenet, source.encodings)
     # biases in [-3000, 3000) are int16; multipliers int32 and shifts int8 per row
     assert source.data_bytes == report.total == report.weights + 7 * (300 + 100 + 10)

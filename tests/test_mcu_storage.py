@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -10,6 +13,8 @@ from hypothesis import strategies as st
 from prunekit.errors import DeploymentError
 from prunekit.mcu.qmodel import QuantizedLinear, QuantizedMLP
 from prunekit.mcu.storage import (
+    BASE_FORMATS,
+    CODEBOOK_FORMATS,
     FORMATS,
     CArray,
     EncodedWeights,
@@ -48,12 +53,51 @@ def reference_relative(flat: np.ndarray, k: int) -> tuple[list[int], list[int]]:
     return gaps, values
 
 
+def huffman_cost(frequencies: list[int]) -> tuple[int, int]:
+    """Total bits and longest code of an optimal prefix code, from the merges alone: each merge
+    of weights a and b adds a + b bits (every symbol below it gets one bit longer)."""
+    if len(frequencies) == 1:
+        return frequencies[0], 1
+    heap = [(f, 0) for f in frequencies]
+    heapq.heapify(heap)
+    bits = 0
+    while len(heap) > 1:
+        (a, da), (b, db) = heapq.heappop(heap), heapq.heappop(heap)
+        bits += a + b
+        heapq.heappush(heap, (a + b, max(da, db) + 1))
+    return bits, heap[0][1]
+
+
+def reference_huffman_bytes(flat: np.ndarray, span: int) -> int:
+    symbols: list[int] = []
+    values: list[int] = []
+    run = 0
+    for v in flat.tolist():
+        if v == 0:
+            run += 1
+            continue
+        while run >= span:
+            symbols.append(span)
+            run -= span
+        symbols.append(run)
+        values.append(v)
+        run = 0
+    if not symbols:
+        return 2
+    gap_bits, gap_depth = huffman_cost(list(Counter(symbols).values()))
+    value_bits, value_depth = huffman_cost(list(Counter(values).values()))
+    tables = gap_depth + len(set(symbols)) + value_depth + len(set(values))
+    return (2 if len(symbols) < 65536 else 4) + ceil8(gap_bits + value_bits) + tables
+
+
 def expected_bytes(w: np.ndarray, enc: EncodedWeights) -> int:
     """The byte formula of each format, computed from the matrix and not from the arrays."""
     out, inp = w.shape
     flat = w.ravel()
     nnz = int(np.count_nonzero(flat))
     base = enc.format.removesuffix("_cb")
+    if base == "huffman":
+        return reference_huffman_bytes(flat, enc.params["span"])
     if base == "dense":
         index, stored = 0, flat.tolist()
     elif base == "bitmask":
@@ -105,6 +149,8 @@ def check_round_trip(w: np.ndarray, enc: EncodedWeights) -> None:
 @example(w=np.eye(4, 300, 3, dtype=np.int8) * 7, fmt="csr", k=1)  # uint16 columns
 def test_round_trip_and_byte_formula(w: np.ndarray, fmt: str, k: int) -> None:
     params = {"k": k} if fmt.startswith("relative") else {}
+    if fmt == "huffman":
+        params = {"span": min(127, 2**k - 1) if k > 1 else 2}
     enc = encode(w, fmt, **params)
     check_round_trip(w, enc)
     if fmt.startswith("relative"):
@@ -171,6 +217,31 @@ def test_golden_relative_codebook_includes_zero_for_fillers() -> None:
     assert enc.nbytes == 2 + 1 + 1 + 4
 
 
+def test_golden_huffman_span4() -> None:
+    enc = encode(GOLDEN, "huffman", span=4)
+    # gap symbols 1, escape 4, 3: lengths 2, 1, 2 -> canonical codes 4:"0", 1:"10", 3:"11";
+    # values -2, 3: codes "0", "1". Stream 10 1 | 0 | 11 0 -> bits 1010110, LSB-first 53.
+    assert enc.params["entries"] == 3
+    assert enc.array("gap_counts").values.tolist() == [1, 2]
+    assert enc.array("gap_symbols").values.tolist() == [4, 1, 3]
+    assert enc.array("value_counts").values.tolist() == [2]
+    assert enc.array("value_symbols").values.tolist() == [-2, 3]
+    assert enc.array("stream").values.tolist() == [53]
+    assert enc.nbytes == 2 + 1 + 2 + 3 + 1 + 2
+    np.testing.assert_array_equal(enc.decode(), GOLDEN)
+
+
+def test_huffman_beats_relative_codes_on_skewed_values() -> None:
+    """Entropy coding pays when values are skewed: 90% of non-zeros share one value."""
+    rng = np.random.default_rng(3)
+    values = np.where(rng.random((50, 300)) < 0.9, 2, rng.choice([-3, -1, 1, 3, 4, 5], (50, 300)))
+    w = np.where(rng.random((50, 300)) < 0.1, values, 0).astype(np.int8)
+    huff, fixed = encode(w, "huffman"), best_encoding(w, [f for f in FORMATS if f != "huffman"])
+    assert huff.nbytes < 0.85 * fixed.nbytes
+    assert best_encoding(w).format == "huffman"
+    np.testing.assert_array_equal(huff.decode(), w)
+
+
 def test_golden_bitmask_csr_dense() -> None:
     bitmask = encode(GOLDEN, "bitmask")
     assert bitmask.array("mask").values.tolist() == [0b10, 0b10]  # LSB-first bits 1 and 9
@@ -228,17 +299,20 @@ def test_best_encoding_choices() -> None:
     values[values == 0] = 1
     sparse = np.where(rng.random((300, 784)) < 0.05, values, 0).astype(np.int8)
     best = best_encoding(sparse)
-    assert best.format in ("bitmask", "csr", "relative")
+    assert best.format in ("bitmask", "csr", "relative", "huffman")
     assert best.nbytes < 0.1 * sparse.size
-    assert best.nbytes == min(
-        encode(sparse, f).nbytes for f in ("dense", "bitmask", "csr", "relative")
-    )
+    assert best.nbytes == min(encode(sparse, f).nbytes for f in (*BASE_FORMATS, "huffman"))
+    fixed = best_encoding(sparse, BASE_FORMATS)
+    assert fixed.format in ("bitmask", "csr", "relative")
 
     palette = np.array([v for v in range(-8, 9) if v != 0])  # 16 shared non-zero values
     shared = np.where(sparse != 0, rng.choice(palette, sparse.shape), 0).astype(np.int8)
-    best_shared = best_encoding(shared)
+    best_shared = best_encoding(shared, [*BASE_FORMATS, *CODEBOOK_FORMATS])
     assert best_shared.format.endswith("_cb")
     assert best_shared.nbytes < encode(shared, "relative").nbytes
+    # entropy-coded gaps beat fixed-width ones even with uniform values
+    assert best_encoding(shared).format == "huffman"
+    assert best_encoding(shared).nbytes < best_shared.nbytes
     np.testing.assert_array_equal(best_shared.decode(), shared)
     # restricted to plain formats, the choice follows
     assert not best_encoding(shared, ["bitmask", "csr", "relative"]).format.endswith("_cb")

@@ -169,8 +169,8 @@ def _formats(value_bits: int, method: str) -> tuple[str, ...]:
     if method == "plain":
         return PLAIN_FORMATS
     if value_bits < 8:
-        return tuple(f for f in storage.FORMATS if f.endswith("_cb"))
-    return storage.BASE_FORMATS
+        return (*storage.CODEBOOK_FORMATS, *storage.ENTROPY_FORMATS)
+    return (*storage.BASE_FORMATS, *storage.ENTROPY_FORMATS)
 
 
 def _encode(weight: np.ndarray, value_bits: int, method: str) -> storage.EncodedWeights:

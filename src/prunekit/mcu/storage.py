@@ -37,6 +37,19 @@ Formats (``FORMATS``):
     needs 5-bit ``relative_cb`` codes as soon as a filler is needed (a producer targeting
     ``relative_cb`` with 4 bits should allow at most 15 non-zero values per layer).
 
+``huffman`` (parameter ``span``, 2..127)
+    Deep Compression's last stage: relative indexing with canonical Huffman codes for the gaps
+    and for the non-zero values (``prunekit.mcu.huffman``). Each non-zero is a gap symbol
+    (the zeros skipped since the previous one, ``0 .. span - 1``) followed by a value symbol
+    (the int8 value itself: with shared weights only a handful occur). A gap of ``span`` or
+    more is preceded by *escape* symbols (the gap symbol ``span``), each advancing ``span``
+    positions without a value. Arrays: ``count`` (gap symbols incl. escapes, as in
+    ``relative``), ``stream`` (all codes, bit-packed LSB-first, each code MSB-first),
+    ``gap_counts`` / ``value_counts`` (uint8: codes of length 1, 2, ...) and ``gap_symbols``
+    (uint8) / ``value_symbols`` (int8) in canonical order. The decoder reads one bit at a
+    time, slower than the fixed-width formats, which is the usual trade when flash is the
+    budget.
+
 Bit-packing is one contiguous LSB-first bit stream: field ``i`` of width ``w`` occupies stream
 bits ``[i*w, (i+1)*w)``, and stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``; fields
 may straddle a byte boundary (never more than two bytes since ``w <= 8``).
@@ -56,11 +69,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prunekit.errors import DeploymentError
+from prunekit.mcu import huffman
 from prunekit.mcu.qmodel import QuantizedLinear, QuantizedMLP
 
 BASE_FORMATS: tuple[str, ...] = ("dense", "bitmask", "csr", "relative")
+CODEBOOK_FORMATS: tuple[str, ...] = tuple(f"{name}_cb" for name in BASE_FORMATS)
+ENTROPY_FORMATS: tuple[str, ...] = ("huffman",)
 # The order is the tie-break of ``best_encoding``: simpler formats (cheaper to decode) first.
-FORMATS: tuple[str, ...] = (*BASE_FORMATS, *(f"{name}_cb" for name in BASE_FORMATS))
+FORMATS: tuple[str, ...] = (*BASE_FORMATS, *CODEBOOK_FORMATS, *ENTROPY_FORMATS)
 
 CTYPE_BYTES: dict[str, int] = {
     "int8_t": 1,
@@ -99,6 +115,8 @@ MAX_IN_FEATURES = (2**31 - 1) // (128 * 128)
 # The C decoder addresses bit-packed fields with uint32 bit offsets (at most 8 bits per element).
 MAX_ELEMENTS = 2**29
 RELATIVE_K_RANGE = range(1, 9)
+HUFFMAN_SPAN_RANGE = range(2, 128)  # the escape symbol ``span`` must fit the uint8 gap symbols
+HUFFMAN_SPANS = (4, 8, 16, 32, 64, 127)  # tried by ``encode`` when no span is given
 CODEBOOK_BITS_RANGE = range(1, 9)
 
 
@@ -162,6 +180,8 @@ class EncodedWeights:
     def stored_values(self) -> np.ndarray:
         """The int64 value of every stored slot, after the codebook lookup if any."""
         count = self.params["stored"]
+        if self.format == "huffman":
+            return self._huffman_entries()[1]
         if not self.codebook:
             return self.array("values").values.astype(np.int64)
         bits = self.params["bits"]
@@ -192,6 +212,11 @@ class EncodedWeights:
                 if positions[-1] >= out * inp:
                     raise DeploymentError("relative encoding: gaps run past the matrix end")
                 flat[positions] = values
+        elif base == "huffman":
+            positions, values = self._huffman_entries()
+            if positions.size and positions[-1] >= out * inp:
+                raise DeploymentError("huffman encoding: gaps run past the matrix end")
+            flat[positions] = values
         elif base == "csr":
             row_ptr = self.array("row_ptr").values.astype(np.int64)
             rows = np.repeat(np.arange(out), np.diff(row_ptr))
@@ -200,6 +225,76 @@ class EncodedWeights:
         else:
             raise DeploymentError(f"unknown weight format {self.format!r}")
         return flat.reshape(out, inp).astype(np.int8)
+
+
+    def _huffman_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat positions and values of the non-zeros, read the way the C decoder reads them."""
+        entries = self.params["entries"]
+        if int(self.array("count").values[0]) != entries:
+            raise DeploymentError("huffman encoding: stored entry count is inconsistent")
+        if entries == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        span = self.params["span"]
+        gap_code = _stored_code(self, "gap")
+        value_code = _stored_code(self, "value")
+        reader = huffman.BitReader(self.array("stream").values)
+        positions, values = [], []
+        position = 0
+        for _ in range(entries):
+            gap = reader.symbol(gap_code)
+            position += gap
+            if gap == span:
+                continue
+            positions.append(position)
+            values.append(reader.symbol(value_code))
+            position += 1
+        return np.array(positions, dtype=np.int64), np.array(values, dtype=np.int64)
+
+
+def _stored_code(enc: EncodedWeights, name: str) -> huffman.CanonicalCode:
+    """The canonical code of ``enc``'s ``<name>_counts`` and ``<name>_symbols`` arrays."""
+    counts = enc.array(f"{name}_counts").values.astype(np.int64)
+    symbols = enc.array(f"{name}_symbols").values.astype(np.int64)
+    if int(counts.sum()) != symbols.size:
+        raise DeploymentError(f"huffman encoding: {name} code counts and symbols disagree")
+    lengths = np.repeat(np.arange(1, counts.size + 1), counts)
+    return huffman.canonical_code(symbols, lengths)
+
+
+def _huffman_arrays(flat: np.ndarray, span: int) -> tuple[list[CArray], dict[str, int]]:
+    """Arrays and counts of the ``huffman`` format of a flattened int8 matrix."""
+    positions = np.flatnonzero(flat)
+    if positions.size == 0:
+        return [_count_array(0)], {"span": span, "entries": 0}
+    gaps = np.diff(positions, prepend=-1) - 1
+    escapes = gaps // span
+    per_entry = escapes + 1
+    total = int(per_entry.sum())
+    symbols = np.full(total, span, dtype=np.int64)  # escapes, then each real gap
+    last = np.cumsum(per_entry) - 1
+    symbols[last] = gaps - escapes * span
+    values = flat[positions].astype(np.int64)
+    gap_code = huffman.build_code(symbols)
+    value_code = huffman.build_code(values)
+    gap_bits, gap_lengths = gap_code.lookup(symbols)
+    value_bits, value_lengths = value_code.lookup(values)
+    # interleave: every gap code, followed by its value code unless it is an escape
+    codes = np.zeros(total + values.size, dtype=np.int64)
+    lengths = np.zeros_like(codes)
+    gap_slot = np.arange(total) + np.concatenate([[0], np.cumsum(symbols != span)[:-1]])
+    codes[gap_slot], lengths[gap_slot] = gap_bits, gap_lengths
+    value_slot = gap_slot[last] + 1
+    codes[value_slot], lengths[value_slot] = value_bits, value_lengths
+    stream, _ = huffman.write_bits(codes, lengths)
+    arrays = [
+        _count_array(total),
+        CArray("stream", "uint8_t", stream),
+        CArray("gap_counts", "uint8_t", gap_code.counts),
+        CArray("gap_symbols", "uint8_t", gap_code.symbols),
+        CArray("value_counts", "uint8_t", value_code.counts),
+        CArray("value_symbols", "int8_t", value_code.symbols),
+    ]
+    return arrays, {"span": span, "entries": total}
 
 
 def pack_bits(fields: np.ndarray, width: int) -> np.ndarray:
@@ -299,8 +394,9 @@ def _value_arrays(values: np.ndarray, codebook: bool, bits: int | None) -> tuple
 def encode(weight: np.ndarray, format: str, **params: int | None) -> EncodedWeights:
     """Encode ``weight`` (int8 ``[out, in]``) in ``format`` (one of ``FORMATS``).
 
-    Parameters: ``k`` (relative formats, 1..8; ``None`` or absent picks the smallest encoding)
-    and ``bits`` (codebook formats, 1..8; ``None`` or absent picks the fewest bits that fit).
+    Parameters: ``k`` (relative formats, 1..8; ``None`` or absent picks the smallest encoding),
+    ``bits`` (codebook formats, 1..8; ``None`` or absent picks the fewest bits that fit) and
+    ``span`` (``huffman``, 2..127; ``None`` or absent picks the smallest of ``HUFFMAN_SPANS``).
     """
     w = _check_weight(weight)
     if format not in FORMATS:
@@ -308,6 +404,8 @@ def encode(weight: np.ndarray, format: str, **params: int | None) -> EncodedWeig
     allowed = {"bits"} if format.endswith("_cb") else set()
     if format.startswith("relative"):
         allowed.add("k")
+    if format == "huffman":
+        allowed.add("span")
     unknown = {name for name, value in params.items() if value is not None} - allowed
     if unknown:
         raise DeploymentError(f"format {format!r} takes no parameter {sorted(unknown)[0]!r}")
@@ -330,6 +428,18 @@ def encode(weight: np.ndarray, format: str, **params: int | None) -> EncodedWeig
     out, inp = w.shape
     flat = w.ravel()
     nnz = int(np.count_nonzero(flat))
+    if format == "huffman":
+        span = params.get("span")
+        if span is None:
+            options = [encode(w, format, span=sp) for sp in HUFFMAN_SPANS]
+            return min(options, key=lambda e: (e.nbytes, e.params["span"]))
+        if span not in HUFFMAN_SPAN_RANGE:
+            raise DeploymentError(
+                f"huffman escape span must be in {HUFFMAN_SPAN_RANGE.start}.."
+                f"{HUFFMAN_SPAN_RANGE.stop - 1}, got {span}"
+            )
+        arrays, counts = _huffman_arrays(flat, span)
+        return EncodedWeights(format, {"nnz": nnz, "stored": nnz, **counts}, arrays, (out, inp))
     codebook = format.endswith("_cb")
     base = format.removesuffix("_cb")
     result_params: dict[str, int] = {"nnz": nnz}

@@ -10,6 +10,15 @@ has two terms on unlabelled sentences:
   (the similarity-matrix matching of relational distillation, Park et al., "Relational
   Knowledge Distillation", CVPR 2019, applied to cosine similarities).
 
+With ``hidden_weight > 0`` a third term matches the encoder's hidden states token by token
+at every layer (TinyBERT's hidden-state loss, Jiao et al., Findings of EMNLP 2020): a pruned
+layer is told what each of its tokens should become, not only what their mean should be,
+which is far more signal per sentence. Each layer's squared error is divided by the
+teacher's mean square there, so layers of different scale weigh the same. It needs a
+Hugging Face style encoder (``output_hidden_states=True``) whose student and teacher have the
+same number of layers and the same hidden size (head and FFN pruning keep both); the teacher
+then runs alongside the student instead of once up front.
+
 Training stops after ``time_budget_s`` seconds or ``epochs`` passes, whichever comes first, and
 the teacher's embeddings of every batch are computed once up front (the teacher is never run
 again). Distil on sentences *other* than those the fidelity is measured on.
@@ -19,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.evaluate.embedding import sentence_embedding
+from prunekit.evaluate.embedding import mean_pool, sentence_embedding
 from prunekit.recovery.finetuning import RecoveryError
 
 Embedding = Callable[[nn.Module, Any], torch.Tensor]
@@ -54,6 +63,41 @@ def relational_loss(
     return pointwise + weight * relational
 
 
+def hidden_state_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over layers of ``sum((s - t)^2) / sum(t^2)`` over the real (unpadded) tokens."""
+    if len(student) != len(teacher):
+        raise RecoveryError(
+            f"hidden-state distillation needs as many layers in the student as in the teacher "
+            f"({len(student)} against {len(teacher)}); use hidden_weight=0 after dropping layers"
+        )
+    mask = attention_mask.unsqueeze(-1).to(student[0].dtype)
+    terms = []
+    for s, t in zip(student, teacher, strict=True):
+        if s.shape != t.shape:
+            raise RecoveryError(
+                f"hidden states of shape {list(s.shape)} cannot be matched to the teacher's "
+                f"{list(t.shape)}"
+            )
+        terms.append(((s - t).pow(2) * mask).sum() / (t.pow(2) * mask).sum().clamp_min(1e-12))
+    return torch.stack(terms).mean()
+
+
+def _hidden_states(model: nn.Module, batch: Any) -> tuple[torch.Tensor, ...]:
+    if not isinstance(batch, Mapping) or "attention_mask" not in batch:
+        raise RecoveryError(
+            "hidden-state distillation needs tokenised batches with an attention_mask"
+        )
+    states = getattr(model(**batch, output_hidden_states=True), "hidden_states", None)
+    if not states:
+        raise RecoveryError(
+            f"{type(model).__name__} returned no hidden_states for output_hidden_states=True; "
+            "use hidden_weight=0 for this model"
+        )
+    return tuple(states)
+
+
 def distill_embeddings(
     student: nn.Module,
     teacher: nn.Module,
@@ -63,34 +107,58 @@ def distill_embeddings(
     time_budget_s: float = 600.0,
     lr: float = 5e-5,
     relational_weight: float = 1.0,
+    hidden_weight: float = 0.0,
     embedding_fn: Embedding = sentence_embedding,
     log: Callable[[str], None] = lambda _: None,
 ) -> EmbeddingDistillResult:
     """Train ``student`` in place to reproduce ``teacher``'s embeddings of ``batches``
     (tokenised dicts, e.g. ``prunekit.evaluate.embedding.sentence_batches``); AdamW with a
-    cosine learning-rate decay over the planned steps."""
+    cosine learning-rate decay over the planned steps or the time budget, whichever is shorter. ``hidden_weight`` weighs the
+    hidden-state term (module docstring); it replaces ``embedding_fn`` by the mean-pooled last
+    hidden state."""
     if not batches:
         raise RecoveryError("embedding distillation needs at least one batch of sentences")
     if epochs < 1 or time_budget_s <= 0 or lr <= 0:
         raise RecoveryError("epochs, time_budget_s and lr must be positive")
+    if hidden_weight < 0:
+        raise RecoveryError(f"hidden_weight must be >= 0, got {hidden_weight}")
     teacher.eval()
-    with torch.no_grad():
-        targets = [embedding_fn(teacher, b).detach() for b in batches]
+    targets: list[torch.Tensor] = []
+    if hidden_weight == 0:
+        with torch.no_grad():
+            targets = [embedding_fn(teacher, b).detach() for b in batches]
+
+    def loss_of(batch: Any, index: int) -> torch.Tensor:
+        if hidden_weight == 0:
+            return relational_loss(embedding_fn(student, batch), targets[index], relational_weight)
+        with torch.no_grad():
+            want = _hidden_states(teacher, batch)
+        got = _hidden_states(student, batch)
+        mask = batch["attention_mask"]
+        pooled = relational_loss(mean_pool(got[-1], mask), mean_pool(want[-1], mask),
+                                 relational_weight)  # fmt: skip
+        return pooled + hidden_weight * hidden_state_loss(got, want, mask)
+
     total = epochs * len(batches)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
+    start = time.perf_counter()
+
+    def progress(step: int) -> float:
+        # The decay follows whichever ends first, the planned steps or the time budget: a run
+        # the clock stops must still reach a small learning rate, not end at full height.
+        return min(1.0, max(step / total, (time.perf_counter() - start) / time_budget_s))
+
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * progress(step)))
     )
     generator = torch.Generator().manual_seed(0)
     was_training = student.training
     student.train()
-    start = time.perf_counter()
     steps, first, last = 0, math.nan, math.nan
     try:
         for epoch in range(epochs):
             for i in torch.randperm(len(batches), generator=generator).tolist():
-                loss = relational_loss(embedding_fn(student, batches[i]), targets[i],
-                                       relational_weight)  # fmt: skip
+                loss = loss_of(batches[i], i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
