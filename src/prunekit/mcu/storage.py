@@ -226,7 +226,6 @@ class EncodedWeights:
             raise DeploymentError(f"unknown weight format {self.format!r}")
         return flat.reshape(out, inp).astype(np.int8)
 
-
     def _huffman_entries(self) -> tuple[np.ndarray, np.ndarray]:
         """Flat positions and values of the non-zeros, read the way the C decoder reads them."""
         entries = self.params["entries"]
