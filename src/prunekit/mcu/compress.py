@@ -40,7 +40,7 @@ from prunekit.mcu.budget import format_bytes
 from prunekit.mcu.datasets import Splits
 from prunekit.mcu.qmodel import QuantizedMLP, integer_predict
 from prunekit.mcu.quantize import quantize_mlp
-from prunekit.mcu.sharing import WeightSharing, linear_layers
+from prunekit.mcu.sharing import WeightSharing, kmeans_1d, linear_layers
 from prunekit.mcu.shrink import remove_dead_neurons
 from prunekit.mcu.train import TrainConfig, accuracy, fit
 from prunekit.sparsity import CubicSchedule, GradualPruner, MaskSet, magnitude_masks
@@ -141,16 +141,23 @@ def neuron_scores(weights: dict[str, torch.Tensor], exponent: float) -> dict[str
     return dict(zip(weights, scores, strict=True))
 
 
-def _without_dead_neurons(masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The masks after ``remove_dead_neurons`` would cut hidden neurons (for byte planning)."""
+def _without_dead_neurons(
+    masks: Sequence[torch.Tensor], weights: Sequence[torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The masks (and weights) after ``remove_dead_neurons`` would cut hidden neurons (for
+    byte planning)."""
     result = list(masks)
+    values = list(weights) if weights is not None else None
     for index in range(len(result) - 1):
         dead = ~result[index].any(1) | ~result[index + 1].any(0)
         if bool(dead.all()):
             continue
         result[index] = result[index][~dead]
         result[index + 1] = result[index + 1][:, ~dead]
-    return result
+        if values is not None:
+            values[index] = values[index][~dead]
+            values[index + 1] = values[index + 1][:, ~dead]
+    return result, values
 
 
 def _synthetic_int8(mask: torch.Tensor, value_bits: int) -> np.ndarray:
@@ -163,6 +170,32 @@ def _synthetic_int8(mask: torch.Tensor, value_bits: int) -> np.ndarray:
     out = np.zeros(flat.shape, dtype=np.int8)
     out[flat] = values.astype(np.int8)
     return out.reshape(mask.shape)
+
+
+def _planned_int8(mask: torch.Tensor, value_bits: int, weight: torch.Tensor | None) -> np.ndarray:
+    """An int8 matrix with the mask's pattern whose values are distributed as the deployed ones
+    will be: entropy-coded formats (``huffman``) pay by the value frequencies, not only by
+    their number. Shared values: the 1-D k-means codes of the kept weights (as
+    ``sharing.WeightSharing`` starts them); int8: per-row symmetric quantisation. Without
+    weights, every value equally often (``_synthetic_int8``)."""
+    if weight is None:
+        return _synthetic_int8(mask, value_bits)
+    w = weight.detach().to(torch.float64).numpy()
+    keep = mask.numpy()
+    out = np.zeros(keep.shape, dtype=np.int8)
+    kept = w[keep]
+    if kept.size == 0:
+        return out
+    if value_bits < 8:
+        centroids = kmeans_1d(kept, 2**value_bits - 1)
+        codes = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, kept)
+        out[keep] = (codes + 1).astype(np.int8)  # any distinct non-zero values per code
+        return out
+    row_max = np.abs(np.where(keep, w, 0)).max(axis=1, keepdims=True)
+    q = np.rint(w / np.where(row_max > 0, row_max / 127, 1)).clip(-127, 127)
+    q = np.where(q == 0, np.sign(w), q)  # a kept weight stays a stored non-zero
+    out[keep] = q[keep].astype(np.int8)
+    return out
 
 
 def _formats(value_bits: int, method: str) -> tuple[str, ...]:
@@ -186,11 +219,15 @@ def _row_overhead(out: int, value_bits: int, per_row_scale: bool) -> int:
 
 
 def _bytes_for_masks(
-    masks: Sequence[torch.Tensor], value_bits: int, method: str, per_row_scale: bool = False
+    masks: Sequence[torch.Tensor],
+    value_bits: int,
+    method: str,
+    per_row_scale: bool = False,
+    weights: Sequence[torch.Tensor] | None = None,
 ) -> int:
     total = 0
-    for mask in masks:
-        weight = _synthetic_int8(mask, value_bits)
+    for index, mask in enumerate(masks):
+        weight = _planned_int8(mask, value_bits, None if weights is None else weights[index])
         overhead = _row_overhead(mask.shape[0], value_bits, per_row_scale)
         total += _encode(weight, value_bits, method).nbytes + overhead
     return total
@@ -214,9 +251,10 @@ def plan_density(
             masks = [torch.ones_like(w, dtype=torch.bool) for w in weights.values()]
         else:
             masks = list(magnitude_masks(weights, 1.0 - density, scores=scores).values())
+        values: list[torch.Tensor] | None = list(weights.values())
         if method == "prunekit":
-            masks = _without_dead_neurons(masks)
-        return _bytes_for_masks(masks, value_bits, method, per_row_scale)
+            masks, values = _without_dead_neurons(masks, values)
+        return _bytes_for_masks(masks, value_bits, method, per_row_scale, values)
 
     if size(1.0) <= budget:
         return 1.0
@@ -313,8 +351,11 @@ def _correct_to_budget(
     total = sum(w.numel() for w in weights.values())
     for _ in range(8):
         masks = list(pruner.masks.values())
-        planned = _without_dead_neurons(masks) if method == "prunekit" else masks
-        size = _bytes_for_masks(planned, value_bits, method, per_row_scale)
+        current: list[torch.Tensor] | None = [w.detach() for w in weights.values()]
+        planned = masks
+        if method == "prunekit":
+            planned, current = _without_dead_neurons(masks, current)
+        size = _bytes_for_masks(planned, value_bits, method, per_row_scale, current)
         if size <= target:
             return
         kept = sum(int(m.sum()) for m in masks)

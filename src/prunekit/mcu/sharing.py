@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 _INT8_LIMIT = 127.0
 
 
-def _kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
+def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
     """Sorted centroids by Lloyd's algorithm with linear initialisation (Han et al. found it
     keeps the rare large weights that density-based initialisation loses)."""
     k = min(k, len(np.unique(values)))
@@ -57,7 +57,7 @@ class _SharedValues(nn.Module):
         self.scale = torch.where(row_max > 0, row_max / _INT8_LIMIT, torch.ones_like(row_max))
         self.kept = w != 0
         units = (w / self.scale)[self.kept].numpy()
-        centroids = _kmeans_1d(units, 2**bits - 1) if units.size else np.ones(1)
+        centroids = kmeans_1d(units, 2**bits - 1) if units.size else np.ones(1)
         # A buffer, so that restoring a state dict (early stopping) restores the centroids too.
         self.centroids: torch.Tensor
         self.register_buffer("centroids", torch.from_numpy(centroids))
