@@ -40,6 +40,7 @@ from torch import nn
 from prunekit.data.idx import FASHION_MNIST_DEBIAN_DIR
 from prunekit.evaluate import evaluate_classification
 from prunekit.graph import trace_channels
+from prunekit.measure.compare import compare_latency
 from prunekit.measure.latency import TimingPolicy, measure_latency
 from prunekit.measure.macs import count_macs
 from prunekit.planning.apply import apply_plan
@@ -264,12 +265,25 @@ def part_b(args: argparse.Namespace) -> dict[str, Any]:
     ours = copy.deepcopy(dense)
     apply_plan(ours, x, plan, graph=graph)
     tp_model = torch_pruning_uniform(dense, 224, dense_macs)
-    rows = {}
-    for name, model in {"dense": dense, "prunekit": ours, "torch-pruning": tp_model}.items():
-        rows[name] = {"macs": macs_fraction(model, dense_macs, 224),
-                      "latency_ms": latency(model, 224, args.threads, args.quick)}  # fmt: skip
-        log(f"measured {name} at 224")
-    return {"rows": rows, "plan": plan.to_dict()}
+    models = {"dense": dense, "prunekit": ours, "torch-pruning": tp_model}
+    rows: dict[str, dict[str, Any]] = {
+        name: {"macs": macs_fraction(model, dense_macs, 224), "latency_ms": {}, "speedup": {}}
+        for name, model in models.items()
+    }
+    comparisons = []
+    for backend in ("eager", "onnxruntime"):
+        # interleaved rounds: the speedup is the median of per-round ratios (measure.compare)
+        for comparison in compare_latency(models, torch.randn(1, 3, 224, 224), [1, 32],
+                                          backend=backend, threads=args.threads,
+                                          rounds=3 if args.quick else 7):  # fmt: skip
+            key = f"{backend}_b{comparison.batch_size}"
+            for name in models:
+                rows[name]["latency_ms"][key] = comparison.median_ms(name)
+                rows[name]["speedup"][key] = comparison.speedup(name)
+            comparisons.append(comparison.to_dict())
+            log(f"measured {key}: " + ", ".join(
+                f"{n} {comparison.speedup(n):.2f}x" for n in models))  # fmt: skip
+    return {"rows": rows, "plan": plan.to_dict(), "comparisons": comparisons}
 
 
 def print_b(result: dict[str, Any]) -> None:
@@ -282,8 +296,7 @@ def print_b(result: dict[str, Any]) -> None:
     print(f"{'method':15} {'MACs':>6} " + " ".join(f"{k:>22}" for k in keys))
     for name, r in rows.items():
         cells = " ".join(
-            f"{r['latency_ms'][k]:7.2f}ms {dense[k] / r['latency_ms'][k]:4.2f}x "
-            f"({dense[k] / r['latency_ms'][k] / ideal:4.2f})"
+            f"{r['latency_ms'][k]:7.2f}ms {r['speedup'][k]:4.2f}x ({r['speedup'][k] / ideal:4.2f})"
             for k in keys
         )
         print(f"{name:15} {r['macs']:6.1%} {cells}")

@@ -116,6 +116,11 @@ def _cuda_timer(run: Callable[[], Any]) -> float:
     return float(start.elapsed_time(end))
 
 
+def timer_for(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """The call timer for ``device``: CUDA events on a GPU, the wall clock elsewhere."""
+    return _cuda_timer if device.type == "cuda" else _cpu_timer
+
+
 def time_calls(
     run: Callable[[], Any], timer: Callable[[Callable[[], Any]], float], policy: TimingPolicy
 ) -> tuple[list[float], bool]:
@@ -189,7 +194,7 @@ def measure_latency(
     n_threads = threads or torch.get_num_threads()
     was_training = model.training
     backend_cls = backend_class(backend)
-    timer = _cuda_timer if dev.type == "cuda" else _cpu_timer
+    timer = timer_for(dev)
     results = []
     model.eval()
     try:

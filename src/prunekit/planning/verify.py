@@ -4,9 +4,10 @@ The ideal speedup of a pruned model is ``dense MACs / pruned MACs`` (``1 / (1 - 
 a backend delivers is often much less -- per-layer overheads at batch 1, memory-bound layers,
 kernels tuned for channel counts that are multiples of 8 -- the most common complaint about
 pruning toolkits. ``verify_speedup`` measures the dense and the pruned model with the same
-backend, threads and timing policy, one batch size at a time, alternating the two models so
-that a drift of the machine's speed affects both alike, and reports the measured speedup
-next to the ideal, flagging every batch size where it falls below ``warn_below`` of it.
+backend and threads, in interleaved rounds (``prunekit.measure.compare``: the speedup is the
+median of per-round ratios, so a drift of the machine's speed affects both alike), and
+reports the measured speedup next to the ideal, flagging every batch size where it falls
+below ``warn_below`` of it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from torch import nn
 
 from prunekit.inputs import InputSpec
-from prunekit.measure.latency import TimingPolicy, measure_latency
+from prunekit.measure.compare import ROUND_POLICY, compare_latency
+from prunekit.measure.latency import TimingPolicy
 from prunekit.measure.macs import count_macs
 
 WARN_BELOW = 0.8
@@ -30,10 +32,11 @@ class SpeedupRow:
     dense_ms: float
     pruned_ms: float
     ideal: float
+    speedup: float | None = None  # median of per-round ratios; else dense_ms / pruned_ms
 
     @property
     def measured(self) -> float:
-        return self.dense_ms / self.pruned_ms
+        return self.speedup if self.speedup is not None else self.dense_ms / self.pruned_ms
 
     @property
     def of_ideal(self) -> float:
@@ -99,18 +102,18 @@ def verify_speedup(
     threads: int | None = None,
     policy: TimingPolicy | None = None,
     warn_below: float = WARN_BELOW,
+    rounds: int = 5,
 ) -> SpeedupReport:
+    """``policy`` times one model's share of a round (default ``compare.ROUND_POLICY``)."""
     example = spec.make(1)
     dense_macs = count_macs(dense, example).total
     pruned_macs = count_macs(pruned, example).total
     report = SpeedupReport(backend, threads or 0, dense_macs, pruned_macs, warn_below=warn_below)
-    ideal = report.ideal
-    for batch in batch_sizes:
-        ms = {}
-        for name, model in (("dense", dense), ("pruned", pruned)):
-            latency = measure_latency(model, spec, [batch], backend=backend, device=device,
-                                      threads=threads, policy=policy)  # fmt: skip
-            report.threads = latency.threads
-            ms[name] = latency.results[0].summary.median_ms
-        report.rows.append(SpeedupRow(batch, ms["dense"], ms["pruned"], ideal))
+    comparisons = compare_latency({"dense": dense, "pruned": pruned}, spec, batch_sizes,
+                                  backend=backend, device=device, threads=threads, rounds=rounds,
+                                  policy=policy or ROUND_POLICY)  # fmt: skip
+    for c in comparisons:
+        report.threads = c.threads
+        report.rows.append(SpeedupRow(c.batch_size, c.median_ms("dense"), c.median_ms("pruned"),
+                                      report.ideal, c.speedup("pruned")))  # fmt: skip
     return report
