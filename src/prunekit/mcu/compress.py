@@ -142,44 +142,26 @@ def neuron_scores(weights: dict[str, torch.Tensor], exponent: float) -> dict[str
 
 
 def _without_dead_neurons(
-    masks: Sequence[torch.Tensor], weights: Sequence[torch.Tensor] | None = None
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """The masks (and weights) after ``remove_dead_neurons`` would cut hidden neurons (for
-    byte planning)."""
-    result = list(masks)
-    values = list(weights) if weights is not None else None
+    masks: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The masks and weights after ``remove_dead_neurons`` would cut hidden neurons (for byte
+    planning)."""
+    result, values = list(masks), list(weights)
     for index in range(len(result) - 1):
         dead = ~result[index].any(1) | ~result[index + 1].any(0)
         if bool(dead.all()):
             continue
-        result[index] = result[index][~dead]
-        result[index + 1] = result[index + 1][:, ~dead]
-        if values is not None:
-            values[index] = values[index][~dead]
-            values[index + 1] = values[index + 1][:, ~dead]
+        for layers in (result, values):
+            layers[index] = layers[index][~dead]
+            layers[index + 1] = layers[index + 1][:, ~dead]
     return result, values
 
 
-def _synthetic_int8(mask: torch.Tensor, value_bits: int) -> np.ndarray:
-    """An int8 matrix with the mask's non-zero pattern and as many distinct values as the
-    encoding will have: storage size depends on nothing else."""
-    flat = mask.flatten().numpy()
-    distinct = 2**value_bits - 1 if value_bits < 8 else 254
-    cycle = np.arange(np.count_nonzero(flat)) % distinct + 1
-    values = np.where(cycle > 127, 127 - cycle, cycle)  # 1..127 then -1..-127
-    out = np.zeros(flat.shape, dtype=np.int8)
-    out[flat] = values.astype(np.int8)
-    return out.reshape(mask.shape)
-
-
-def _planned_int8(mask: torch.Tensor, value_bits: int, weight: torch.Tensor | None) -> np.ndarray:
+def _planned_int8(mask: torch.Tensor, value_bits: int, weight: torch.Tensor) -> np.ndarray:
     """An int8 matrix with the mask's pattern whose values are distributed as the deployed ones
     will be: entropy-coded formats (``huffman``) pay by the value frequencies, not only by
     their number. Shared values: the 1-D k-means codes of the kept weights (as
-    ``sharing.WeightSharing`` starts them); int8: per-row symmetric quantisation. Without
-    weights, every value equally often (``_synthetic_int8``)."""
-    if weight is None:
-        return _synthetic_int8(mask, value_bits)
+    ``sharing.WeightSharing`` starts them); int8: per-row symmetric quantisation."""
     w = weight.detach().to(torch.float64).numpy()
     keep = mask.numpy()
     out = np.zeros(keep.shape, dtype=np.int8)
@@ -222,12 +204,13 @@ def _bytes_for_masks(
     masks: Sequence[torch.Tensor],
     value_bits: int,
     method: str,
+    weights: Sequence[torch.Tensor],
     per_row_scale: bool = False,
-    weights: Sequence[torch.Tensor] | None = None,
 ) -> int:
+    """Exact bytes of layers with these masks, the values planned from ``weights``."""
     total = 0
-    for index, mask in enumerate(masks):
-        weight = _planned_int8(mask, value_bits, None if weights is None else weights[index])
+    for mask, values in zip(masks, weights, strict=True):
+        weight = _planned_int8(mask, value_bits, values)
         overhead = _row_overhead(mask.shape[0], value_bits, per_row_scale)
         total += _encode(weight, value_bits, method).nbytes + overhead
     return total
@@ -251,10 +234,10 @@ def plan_density(
             masks = [torch.ones_like(w, dtype=torch.bool) for w in weights.values()]
         else:
             masks = list(magnitude_masks(weights, 1.0 - density, scores=scores).values())
-        values: list[torch.Tensor] | None = list(weights.values())
+        values = list(weights.values())
         if method == "prunekit":
             masks, values = _without_dead_neurons(masks, values)
-        return _bytes_for_masks(masks, value_bits, method, per_row_scale, values)
+        return _bytes_for_masks(masks, value_bits, method, values, per_row_scale)
 
     if size(1.0) <= budget:
         return 1.0
@@ -351,11 +334,10 @@ def _correct_to_budget(
     total = sum(w.numel() for w in weights.values())
     for _ in range(8):
         masks = list(pruner.masks.values())
-        current: list[torch.Tensor] | None = [w.detach() for w in weights.values()]
-        planned = masks
+        planned, current = masks, [w.detach() for w in weights.values()]
         if method == "prunekit":
             planned, current = _without_dead_neurons(masks, current)
-        size = _bytes_for_masks(planned, value_bits, method, per_row_scale, current)
+        size = _bytes_for_masks(planned, value_bits, method, current, per_row_scale)
         if size <= target:
             return
         kept = sum(int(m.sum()) for m in masks)

@@ -262,17 +262,11 @@ def _stored_code(enc: EncodedWeights, name: str) -> huffman.CanonicalCode:
 
 def _huffman_arrays(flat: np.ndarray, span: int) -> tuple[list[CArray], dict[str, int]]:
     """Arrays and counts of the ``huffman`` format of a flattened int8 matrix."""
-    positions = np.flatnonzero(flat)
-    if positions.size == 0:
+    if not flat.any():
         return [_count_array(0)], {"span": span, "entries": 0}
-    gaps = np.diff(positions, prepend=-1) - 1
-    escapes = gaps // span
-    per_entry = escapes + 1
-    total = int(per_entry.sum())
-    symbols = np.full(total, span, dtype=np.int64)  # escapes, then each real gap
-    last = np.cumsum(per_entry) - 1
-    symbols[last] = gaps - escapes * span
-    values = flat[positions].astype(np.int64)
+    symbols, last = _gap_entries(flat, span, filler=span)  # escapes carry no value
+    total = int(symbols.size)
+    values = flat[flat != 0].astype(np.int64)
     gap_code = huffman.build_code(symbols)
     value_code = huffman.build_code(values)
     gap_bits, gap_lengths = gap_code.lookup(symbols)
@@ -339,24 +333,28 @@ def _check_weight(weight: np.ndarray) -> np.ndarray:
     return w.astype(np.int8)
 
 
-def _relative_entries(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gaps and values (fillers included) of relative indexing with ``k``-bit gaps."""
+def _gap_entries(flat: np.ndarray, span: int, filler: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gap symbols of the non-zeros of ``flat`` in order, a gap of ``span`` or more preceded by
+    filler entries (symbol ``filler``), each advancing ``span`` positions; and the entry index
+    of every non-zero. Shared by ``relative`` (fillers are zero values) and ``huffman``
+    (fillers are escape symbols without a value)."""
     positions = np.flatnonzero(flat)
-    if positions.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
     gaps = np.diff(positions, prepend=-1) - 1
-    span = 1 << k  # a filler (gap 2**k - 1, value 0) advances by 2**k positions
     fillers = gaps // span
-    residual = gaps - fillers * span
-    # each non-zero is preceded by its fillers: [filler]*f, then (residual, value)
-    per_entry = fillers + 1
-    total = int(per_entry.sum())
-    out_gaps = np.full(total, span - 1, dtype=np.int64)
-    out_values = np.zeros(total, dtype=np.int8)
-    last = np.cumsum(per_entry) - 1  # where each real entry lands
-    out_gaps[last] = residual
-    out_values[last] = flat[positions]
-    return out_gaps, out_values
+    per_entry = fillers + 1  # each non-zero is preceded by its fillers
+    symbols = np.full(int(per_entry.sum()), filler, dtype=np.int64)
+    real = np.cumsum(per_entry) - 1
+    symbols[real] = gaps - fillers * span
+    return symbols, real
+
+
+def _relative_entries(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps and values (fillers included) of relative indexing with ``k``-bit gaps: a filler
+    is gap ``2**k - 1`` with value 0, covering its own position too."""
+    gaps, real = _gap_entries(flat, 1 << k, (1 << k) - 1)
+    values = np.zeros(gaps.size, dtype=np.int8)
+    values[real] = flat[flat != 0]
+    return gaps, values
 
 
 def _count_array(entries: int) -> CArray:

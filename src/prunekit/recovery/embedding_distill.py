@@ -113,9 +113,9 @@ def distill_embeddings(
 ) -> EmbeddingDistillResult:
     """Train ``student`` in place to reproduce ``teacher``'s embeddings of ``batches``
     (tokenised dicts, e.g. ``prunekit.evaluate.embedding.sentence_batches``); AdamW with a
-    cosine learning-rate decay over the planned steps or the time budget, whichever is shorter. ``hidden_weight`` weighs the
-    hidden-state term (module docstring); it replaces ``embedding_fn`` by the mean-pooled last
-    hidden state."""
+    cosine learning-rate decay over the planned steps or the time budget, whichever is
+    shorter. ``hidden_weight`` weighs the hidden-state term (module docstring); it replaces
+    ``embedding_fn`` by the mean-pooled last hidden state."""
     if not batches:
         raise RecoveryError("embedding distillation needs at least one batch of sentences")
     if epochs < 1 or time_budget_s <= 0 or lr <= 0:
