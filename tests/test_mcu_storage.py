@@ -33,9 +33,9 @@ def ceil8(bits: int) -> int:
     return (bits + 7) // 8
 
 
-def reference_relative(flat: np.ndarray, k: int) -> tuple[list[int], list[int]]:
-    """Han et al.'s relative indexing, written as plainly as possible (a filler of value 0
-    covers 2**k positions: 2**k - 1 skipped zeros and its own, also zero, position)."""
+def reference_entries(flat: np.ndarray, span: int, filler: int) -> tuple[list[int], list[int]]:
+    """Gap symbols and values, written as plainly as possible: a run of ``span`` or more zeros
+    first emits fillers (symbol ``filler``, value 0), each covering ``span`` positions."""
     gaps: list[int] = []
     values: list[int] = []
     run = 0
@@ -43,14 +43,20 @@ def reference_relative(flat: np.ndarray, k: int) -> tuple[list[int], list[int]]:
         if v == 0:
             run += 1
             continue
-        while run > 2**k - 1:
-            gaps.append(2**k - 1)
+        while run >= span:
+            gaps.append(filler)
             values.append(0)
-            run -= 2**k
+            run -= span
         gaps.append(run)
         values.append(v)
         run = 0
     return gaps, values
+
+
+def reference_relative(flat: np.ndarray, k: int) -> tuple[list[int], list[int]]:
+    """Han et al.'s relative indexing: a filler of value 0 covers 2**k positions (2**k - 1
+    skipped zeros and its own, also zero, position)."""
+    return reference_entries(flat, 2**k, 2**k - 1)
 
 
 def huffman_cost(frequencies: list[int]) -> tuple[int, int]:
@@ -69,19 +75,9 @@ def huffman_cost(frequencies: list[int]) -> tuple[int, int]:
 
 
 def reference_huffman_bytes(flat: np.ndarray, span: int) -> int:
-    symbols: list[int] = []
-    values: list[int] = []
-    run = 0
-    for v in flat.tolist():
-        if v == 0:
-            run += 1
-            continue
-        while run >= span:
-            symbols.append(span)
-            run -= span
-        symbols.append(run)
-        values.append(v)
-        run = 0
+    """Escapes (symbol ``span``) carry no value: only the non-zeros have value codes."""
+    symbols, stored = reference_entries(flat, span, span)
+    values = [v for v in stored if v != 0]
     if not symbols:
         return 2
     gap_bits, gap_depth = huffman_cost(list(Counter(symbols).values()))
