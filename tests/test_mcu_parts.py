@@ -123,3 +123,28 @@ def test_weight_sharing_limits_distinct_values_and_keeps_zeros() -> None:
         torch.testing.assert_close(kept, kept.round(), rtol=0, atol=1e-4)
         assert len(torch.unique(kept.round())) <= 7
         assert float(kept.abs().max()) <= 127 + 1e-4
+
+
+def test_random_shift_moves_each_image_with_zero_fill() -> None:
+    from prunekit.mcu.train import random_shift
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.arange(1, 1 + 5 * 4 * 6, dtype=torch.float32).reshape(5, 24)
+    shifted = random_shift(images, (4, 6), 1, torch.Generator().manual_seed(3))
+    assert shifted.shape == images.shape
+    moves = set()
+    for original, moved in zip(images.view(5, 4, 6), shifted.view(5, 4, 6), strict=True):
+        padded = nn.functional.pad(original, (1, 1, 1, 1))
+        # Exactly one window of the zero-padded image is the shifted one.
+        windows = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal(padded[dy : dy + 4, dx : dx + 6], moved)
+        ]
+        assert len(windows) == 1
+        moves.add(windows[0])
+    assert len(moves) > 1  # a draw per image, not one per batch
+    assert torch.equal(random_shift(images, (4, 6), 0, generator), images)
+    with pytest.raises(ValueError, match="flat 2-D images"):
+        random_shift(images, (5, 6), 1, generator)

@@ -61,6 +61,13 @@ class Recipe:
     lr: float = 1e-3
     batch_size: int = 128
     distill_weight: float = 0.7
+    # Pixels of random translation while compressing (``TrainConfig.shift_pixels``); the dense
+    # model is trained as the user's recipe says, without it. Shifts together with a milder
+    # distillation temperature (2 instead of 4) raised the 60x Fashion-MNIST model's
+    # validation accuracy for two dense seeds (89.14 -> 89.40%, 89.20 -> 89.62%); either
+    # change alone did not (shifts of 2 pixels, or T=2 without shifts: no gain).
+    distill_temperature: float = 2.0
+    shift_pixels: int = 1
     patience: int = 5
     calibration_samples: int = 2000
     # Weight score = |w| * (importance of the two neurons it connects) ** neuron_exponent.
@@ -74,9 +81,11 @@ class Recipe:
 
     @classmethod
     def quick(cls) -> Recipe:
-        """Short phases for tiny datasets and tests."""
+        """Short phases for tiny datasets and tests. No shifts: a pixel is an eighth of an 8x8
+        digit, not a small translation."""
         return cls(dense_epochs=60, prune_epochs=40, finetune_epochs=30, sharing_epochs=10,
-                   batch_size=32, patience=10)  # fmt: skip
+                   batch_size=32, patience=10, distill_temperature=4.0,
+                   shift_pixels=0)  # fmt: skip
 
 
 @dataclass
@@ -376,8 +385,10 @@ def _prune(
         score=lambda weights: neuron_scores(dict(weights), exponent),
     )
     distill = recipe.distill_weight if method == "prunekit" else 0.0
+    shift = recipe.shift_pixels if method == "prunekit" else 0
     config = TrainConfig(epochs=recipe.prune_epochs, min_epochs=recipe.prune_epochs,
                          batch_size=recipe.batch_size, lr=recipe.lr, distill_weight=distill,
+                         distill_temperature=recipe.distill_temperature, shift_pixels=shift,
                          seed=recipe.seed)  # fmt: skip
     # step() prunes on its schedule and keeps masks enforced after each optimizer step.
     fit(model, data, config, teacher=dense, after_step=[pruner.step, pruner.mask_set.apply])
@@ -459,7 +470,9 @@ def compress_candidate(
                                 per_row_scale=recipe.per_row_sharing_scale)  # fmt: skip
         config = TrainConfig(epochs=recipe.sharing_epochs, min_epochs=0, batch_size=recipe.batch_size,
                              lr=recipe.lr / 2, distill_weight=recipe.distill_weight,
-                             patience=recipe.patience, seed=recipe.seed)  # fmt: skip
+                             distill_temperature=recipe.distill_temperature,
+                             shift_pixels=recipe.shift_pixels, patience=recipe.patience,
+                             seed=recipe.seed)  # fmt: skip
         fit(model, data, config, teacher=dense, after_step=[sharing.project])
         scales = sharing.finalize()
         log(f"  {2**value_bits - 1} shared values per layer: validation accuracy "

@@ -1,0 +1,151 @@
+"""Least-squares refitting of Linears whose inputs were pruned (recovery.reconstruct)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.recovery.finetuning import RecoveryError
+from prunekit.recovery.reconstruct import pruned_input_linears, reconstruct_linears
+
+
+def _mlp(seed: int = 0, bias: bool = True) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3, bias=bias))
+
+
+def _drop_hidden(model: nn.Sequential, keep: list[int]) -> nn.Sequential:
+    """Physically remove hidden neurons: rows of the first Linear, columns of the second."""
+    pruned = copy.deepcopy(model)
+    first, second = pruned[0], pruned[2]
+    index = torch.tensor(keep)
+    new_first = nn.Linear(6, len(keep))
+    new_first.weight.data = first.weight.data[index].clone()
+    new_first.bias.data = first.bias.data[index].clone()
+    new_second = nn.Linear(len(keep), 3, bias=second.bias is not None)
+    new_second.weight.data = second.weight.data[:, index].clone()
+    if second.bias is not None:
+        new_second.bias.data = second.bias.data.clone()
+    pruned[0], pruned[2] = new_first, new_second
+    return pruned
+
+
+def _batches(seed: int = 1, n: int = 4) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(64, 6, generator=generator) for _ in range(n)]
+
+
+def test_duplicate_neurons_are_recovered_exactly() -> None:
+    # Hidden neuron 7 duplicates neuron 2 and neuron 6 is always off (ReLU of a large negative
+    # bias). Removing both loses nothing a refit cannot restore: the removed duplicate's outgoing
+    # column moves onto its twin. Ridge 0 must find that exact solution.
+    teacher = _mlp()
+    with torch.no_grad():
+        teacher[0].weight[7] = teacher[0].weight[2]
+        teacher[0].bias[7] = teacher[0].bias[2]
+        teacher[0].weight[6] = 0.0
+        teacher[0].bias[6] = -100.0
+    student = _drop_hidden(teacher, [0, 1, 2, 3, 4, 5])
+    batches = _batches()
+    x = torch.cat(batches)
+    assert not torch.allclose(student(x), teacher(x), atol=1e-3)  # pruning did change it
+
+    (refit,) = reconstruct_linears(student, teacher, batches, ridge=0.0)
+
+    assert refit.name == "2"
+    assert refit.error_before > 0.01
+    assert refit.error_after < 1e-10
+    torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=1e-5)
+    expected = teacher[2].weight[:, :6].clone()
+    expected[:, 2] += teacher[2].weight[:, 7]
+    torch.testing.assert_close(student[2].weight, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bias_compensates_a_constant_removed_neuron() -> None:
+    # A removed neuron that is constant on the data (bias only, zero weights) is exactly the
+    # FLAP bias compensation: its outgoing column times the constant moves into the bias.
+    teacher = _mlp(seed=3)
+    with torch.no_grad():
+        teacher[0].weight[5] = 0.0
+        teacher[0].bias[5] = 0.75
+    keep = [0, 1, 2, 3, 4, 6, 7]
+    student = _drop_hidden(teacher, keep)
+    reconstruct_linears(student, teacher, _batches(), ridge=0.0)
+    torch.testing.assert_close(
+        student[2].bias, teacher[2].bias + 0.75 * teacher[2].weight[:, 5], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(student[2].weight, teacher[2].weight[:, keep], atol=1e-5, rtol=1e-5)
+
+
+def test_refit_lowers_the_error_and_never_raises_it() -> None:
+    teacher = _mlp(seed=5)
+    student = _drop_hidden(teacher, [0, 3, 4, 7])
+    for ridge in (0.0, 1e-2, 1e3):
+        candidate = copy.deepcopy(student)
+        (refit,) = reconstruct_linears(candidate, teacher, _batches(), ridge=ridge)
+        assert refit.error_after <= refit.error_before
+    (refit,) = reconstruct_linears(student, teacher, _batches(), ridge=0.0)
+    assert refit.error_after < 0.9 * refit.error_before
+
+
+def test_linear_without_bias_stays_without_bias() -> None:
+    teacher = _mlp(seed=2, bias=False)
+    student = _drop_hidden(teacher, [0, 1, 2, 4, 5, 6])
+    reconstruct_linears(student, teacher, _batches())
+    assert student[2].bias is None
+    assert set(dict(student.named_parameters())) == {"0.weight", "0.bias", "2.weight"}
+
+
+class _Tokens(nn.Module):
+    """A token model called with a dict batch; padded positions hold garbage inputs."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, hidden)
+        self.down = nn.Linear(hidden, 4)
+
+    def forward(self, values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(values)))
+
+
+def test_padded_tokens_are_left_out() -> None:
+    torch.manual_seed(0)
+    teacher = _Tokens(6)
+    student = _Tokens(4)
+    with torch.no_grad():
+        student.up.weight.copy_(teacher.up.weight[:4])
+        student.up.bias.copy_(teacher.up.bias[:4])
+        student.down.weight.copy_(teacher.down.weight[:, :4])
+        student.down.bias.copy_(teacher.down.bias)
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(3, 10, 4, generator=generator)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[:, 7:] = 0
+    garbage = values.clone()
+    garbage[:, 7:] = 1e3 * torch.randn(3, 3, 4, generator=generator)
+    clean = copy.deepcopy(student)
+    reconstruct_linears(clean, teacher, [{"values": values[:, :7], "attention_mask": mask[:, :7]}])
+    reconstruct_linears(student, teacher, [{"values": garbage, "attention_mask": mask}])
+    torch.testing.assert_close(student.down.weight, clean.down.weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(student.down.bias, clean.down.bias, atol=1e-5, rtol=1e-5)
+
+
+def test_finds_the_linears_that_read_pruned_channels() -> None:
+    teacher = _mlp()
+    student = _drop_hidden(teacher, [0, 1, 2])
+    assert pruned_input_linears(student, teacher) == ["2"]
+    assert pruned_input_linears(teacher, teacher) == []
+
+
+def test_bad_input_is_refused() -> None:
+    teacher = _mlp()
+    student = _drop_hidden(teacher, [0, 1])
+    with pytest.raises(RecoveryError, match="at least one calibration batch"):
+        reconstruct_linears(student, teacher, [])
+    with pytest.raises(RecoveryError, match="ridge must be >= 0"):
+        reconstruct_linears(student, teacher, _batches(), ridge=-1.0)
+    with pytest.raises(RecoveryError, match=r"not an nn\.Linear"):
+        reconstruct_linears(student, teacher, _batches(), names=["1"])
