@@ -5,15 +5,18 @@ mean cosine of the embeddings and the Spearman correlation of all pairwise simil
 Heads are removed globally by importance (``criteria.head_importance``: mask-gradient
 sensitivity of the embedding, Michel et al. 2019 adapted), by L1 magnitude and at random (3
 seeds), at 25/50/75% of the heads; then with FFN neurons too. Selected configurations are
-recovered by distilling the dense model (``recovery.embedding_distill``: embeddings, their
-pairwise similarities and, with ``--hidden-weight``, every layer's token hidden states) for at
-most ``--distill-seconds`` on sentences the fidelity set never sees: the quotations of Debian's
+recovered, first by refitting the projections that read removed heads / neurons
+(``recovery.reconstruct``, least squares on ``--reconstruct-sentences`` corpus sentences),
+then by distilling the dense model (``recovery.embedding_distill``: embeddings, their
+pairwise similarities and, with ``--hidden-weight``, every layer's token hidden states; no
+dropout) for at most ``--distill-seconds`` on sentences the fidelity set never sees: the quotations of Debian's
 ``fortunes`` package (``apt-get install fortunes``; ~21,000 everyday English sentences) when it
 is installed, else the docstrings of Python's standard library. Latency: eager PyTorch, batch 1
 and 32, sequence length 128.
 
     python benchmarks/bert.py [--part fidelity|latency|all] [--distill-seconds 600]
-                              [--hidden-weight 1] [--corpus fortunes|docstrings] [--out FILE]
+                              [--reconstruct-sentences 2048] [--hidden-weight 1]
+                              [--corpus fortunes|docstrings] [--out FILE]
 
 Importance is measured on the first 256 corpus sentences (never on the evaluation set).
 """
@@ -39,6 +42,7 @@ from prunekit.inputs import TensorSpec
 from prunekit.measure.latency import TimingPolicy, measure_latency
 from prunekit.pruning.transformer import TransformerPruning, prune_transformer
 from prunekit.recovery.embedding_distill import distill_embeddings
+from prunekit.recovery.reconstruct import reconstruct_linears
 
 HEADS = (0.25, 0.5, 0.75)
 WITH_FFN = ((0.5, 0.5), (0.5, 0.6))  # (heads, ffn)
@@ -144,12 +148,25 @@ def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
             log(f"heads {heads:.0%} ffn {ffn:.0%} {criterion:10}: Spearman "
                 f"{row['spearman']:.4f}, cosine {row['mean_cosine']:.4f}")  # fmt: skip
     train = sentence_batches(tokenizer, corpus[CALIBRATION:], 32, 64)
+    refit = []
+    if args.reconstruct_sentences:
+        refit = sentence_batches(tokenizer, corpus[: args.reconstruct_sentences], 16, 64)
     for heads, ffn in DISTILLED:
         model = pruned(TransformerPruning(heads=heads, ffn=ffn), tokenizer, calibration)
+        label = "importance"
+        if refit:
+            started = time.perf_counter()
+            reconstruct_linears(model, dense, refit)
+            label += " + refit"
+            row = {"heads": heads, "ffn": ffn, "criterion": label, **score(model),
+                   "refit_s": time.perf_counter() - started}  # fmt: skip
+            rows.append(row)
+            log(f"heads {heads:.0%} ffn {ffn:.0%} refitted in {row['refit_s']:.0f} s: Spearman "
+                f"{row['spearman']:.4f}, cosine {row['mean_cosine']:.4f}")  # fmt: skip
         result = distill_embeddings(model, dense, train, epochs=20, lr=args.lr,
                                     time_budget_s=args.distill_seconds,
                                     hidden_weight=args.hidden_weight, log=log)  # fmt: skip
-        row = {"heads": heads, "ffn": ffn, "criterion": "importance + distillation",
+        row = {"heads": heads, "ffn": ffn, "criterion": label + " + distillation",
                **score(model), "distill_s": result.seconds, "distill_epochs": result.epochs}  # fmt: skip
         rows.append(row)
         log(f"heads {heads:.0%} ffn {ffn:.0%} distilled {result.seconds:.0f} s: Spearman "
@@ -180,9 +197,9 @@ def latency_part(args: argparse.Namespace) -> dict[str, Any]:
 def print_tables(results: dict[str, Any]) -> None:
     if "fidelity" in results:
         print("\nfidelity to the dense all-MiniLM-L6-v2 (261 sentences)")
-        print(f"{'heads':>6} {'ffn':>5} {'method':26} {'Spearman':>9} {'cosine':>8}")
+        print(f"{'heads':>6} {'ffn':>5} {'method':36} {'Spearman':>9} {'cosine':>8}")
         for r in results["fidelity"]["rows"]:
-            print(f"{r['heads']:6.0%} {r['ffn']:5.0%} {r['criterion']:26} "
+            print(f"{r['heads']:6.0%} {r['ffn']:5.0%} {r['criterion']:36} "
                   f"{r['spearman']:9.4f} {r['mean_cosine']:8.4f}")  # fmt: skip
     if "latency" in results:
         rows = results["latency"]["rows"]
@@ -201,6 +218,7 @@ def main() -> None:
     parser.add_argument("--distill-seconds", type=float, default=600.0)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--hidden-weight", type=float, default=1.0)
+    parser.add_argument("--reconstruct-sentences", type=int, default=2048, help="0: no refit")
     parser.add_argument("--corpus", default="auto", choices=("auto", "fortunes", "docstrings"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/bert.json")

@@ -74,7 +74,7 @@ def test_distillation_brings_the_pruned_model_closer(  # type: ignore[no-untyped
         out = tmp_path / f"pruned{seconds}"
         result = cli("prune", str(tiny_bert), "--heads", "0.75", "--data", str(sentences),
                      "--seq-len", "32", "--distill-seconds", seconds, "--out", str(out),
-                     "--json")  # fmt: skip
+                     "--no-reconstruct", "--json")  # fmt: skip
         assert result.code == 0, result.err
         records[seconds] = result.json()
     assert records["3"]["config"]["distill_seconds"] == 3
@@ -83,6 +83,29 @@ def test_distillation_brings_the_pruned_model_closer(  # type: ignore[no-untyped
     # random weights barely notice pruned heads (cosine 0.99985): the gap left still shrinks
     # by about 40% (measured), whatever the machine's speed within the 3 s
     assert 1 - after["mean_cosine"] < 0.8 * (1 - before["mean_cosine"])
+
+
+def test_refit_of_the_projections_brings_the_pruned_model_closer(  # type: ignore[no-untyped-def]
+    cli, tiny_bert: Path, sentences: Path, tmp_path: Path
+) -> None:
+    records = {}
+    for flag in ("--no-reconstruct", None):
+        out = tmp_path / f"pruned{flag}"
+        argv = ["prune", str(tiny_bert), "--heads", "0.5", "--ffn", "0.5", "--data",
+                str(sentences), "--seq-len", "32", "--out", str(out), "--json"]  # fmt: skip
+        result = cli(*argv, *([flag] if flag else []))
+        assert result.code == 0, result.err
+        records[flag] = result.json()
+    plain, refitted = records["--no-reconstruct"], records[None]
+    assert plain["reconstruction"] == [] and not plain["config"]["reconstruct"]
+    assert refitted["heads"] == plain["heads"] and refitted["ffn"] == plain["ffn"]
+    names = [r["name"] for r in refitted["reconstruction"]]
+    # every layer's attention output projection and FFN down projection, in network order
+    assert names == [f"encoder.layer.{i}.{part}" for i in range(3)
+                     for part in ("attention.output.dense", "output.dense")]  # fmt: skip
+    assert all(r["error_after"] < r["error_before"] for r in refitted["reconstruction"])
+    before, after = plain["fidelity_on_data"], refitted["fidelity_on_data"]
+    assert 1 - after["mean_cosine"] < 1 - before["mean_cosine"]
 
 
 @pytest.mark.parametrize(

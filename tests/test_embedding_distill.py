@@ -126,3 +126,21 @@ def test_time_budget_stops_early_and_decays_the_learning_rate() -> None:
     # small fraction of the initial learning rate, not at nearly all of it
     assert seen[0] == pytest.approx(1e-3, rel=0.05)
     assert seen[-1] < 0.1 * seen[0]
+
+
+def test_student_trains_without_dropout_unless_asked() -> None:
+    # A student identical to its teacher but with heavy dropout: without dropout there is
+    # nothing to learn (zero loss); with dropout the noise is the loss.
+    teacher = _bert()
+    config = copy.deepcopy(teacher.config)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.5
+    student = transformers.BertModel(config)
+    student.load_state_dict(teacher.state_dict())
+    student.eval()
+    quiet = distill_embeddings(student, teacher, _batches(), epochs=1, lr=1e-3, hidden_weight=1.0)
+    assert quiet.first_loss == pytest.approx(0.0, abs=1e-6)
+    assert not student.training  # the caller's mode comes back
+    student.load_state_dict(teacher.state_dict())
+    noisy = distill_embeddings(student, teacher, _batches(), epochs=1, lr=1e-3, hidden_weight=1.0,
+                               dropout=True)  # fmt: skip
+    assert noisy.first_loss > 0.01

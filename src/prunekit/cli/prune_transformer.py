@@ -29,10 +29,32 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
     parser.add_argument("--criterion", default="importance",
                         choices=("importance", "magnitude", "random"),
                         help="transformers: how heads / neurons / layers are ranked")  # fmt: skip
+    parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
+                        help="transformers: skip the least-squares refit of the projections "
+                        "that read removed heads / neurons (on by default, seconds)")  # fmt: skip
     parser.add_argument("--distill-seconds", type=float, default=0.0, metavar="S",
                         help="transformers: distil the dense model's embeddings (and, unless "
                         "--layers drops layers, every layer's token hidden states) on --data "
                         "for up to S seconds after pruning (0: no recovery)")  # fmt: skip
+
+
+# Sentences the refit uses: the fit improved up to 2048 on MiniLM (256: no gain, 1024 and
+# 2048: Spearman 0.847 -> 0.876 -> 0.883 at half the heads), and costs one pass each.
+RECONSTRUCT_SENTENCES = 2048
+
+
+def dense_after_layer_drop(dense: Any, result: Any) -> Any:
+    """The dense model with the same layers dropped, so that module names line up with the
+    pruned model's (the refit's targets are the dense layers' outputs)."""
+    if not result.dropped_layers:
+        return dense
+    import copy
+
+    from prunekit.criteria.layer_importance import drop_layers
+
+    reference = copy.deepcopy(dense)
+    drop_layers(reference, result.dropped_layers)
+    return reference
 
 
 def wants_transformer_path(args: argparse.Namespace) -> bool:
@@ -51,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.measure.params import count_params
     from prunekit.pruning.transformer import TransformerPruning, prune_transformer
     from prunekit.recovery.embedding_distill import distill_embeddings
+    from prunekit.recovery.reconstruct import reconstruct_linears
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -86,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
     calibration = sentence_batches(tokenizer, sentences[:64], 16, length)
     example = dict(tokenizer(sentences[0], return_tensors="pt"))  # unpadded: heads traceable
     result = prune_transformer(model, example, calibration, config, log=say)
+    refits = []
+    if args.reconstruct and (config.heads or config.ffn):
+        batches = sentence_batches(tokenizer, sentences[:RECONSTRUCT_SENTENCES], 16, length)
+        refits = reconstruct_linears(model, dense_after_layer_drop(dense, result), batches)
+        say(f"refitted {len(refits)} projections: mean relative error "
+            f"{sum(r.error_before for r in refits) / len(refits):.3f} -> "
+            f"{sum(r.error_after for r in refits) / len(refits):.3f}")  # fmt: skip
     if args.distill_seconds:
         batches = sentence_batches(tokenizer, sentences, 32, length)
         # token hidden states are matched layer by layer, which needs the teacher's depth
@@ -99,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "model": loaded.name,
         "config": {"heads": config.heads, "ffn": config.ffn, "layers": config.layers,
-                   "criterion": config.criterion, "distill_seconds": args.distill_seconds},
+                   "criterion": config.criterion, "distill_seconds": args.distill_seconds,
+                   "reconstruct": bool(refits)},
+        "reconstruction": [vars(r) for r in refits],
         **result.to_dict(),
         "params": {"before": before, "after": count_params(model).params},
         "fidelity_on_data": quality,
