@@ -216,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", default="all", choices=("fidelity", "latency", "all"))
     parser.add_argument("--distill-seconds", type=float, default=600.0)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--reconstruct-sentences", type=int, default=2048, help="0: no refit")
     parser.add_argument("--corpus", default="auto", choices=("auto", "fortunes", "docstrings"))

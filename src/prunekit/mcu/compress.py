@@ -10,6 +10,8 @@ The method (``method="prunekit"``):
    classifier) keep more.
 2. **Prune gradually** to that density on the cubic schedule of Zhu & Gupta (2017) while
    training with distillation from the dense model, then fine-tune with the masks fixed.
+   Training images are shifted by up to ``Recipe.shift_pixels`` and the teacher labels the
+   shifted image (function matching, Beyer et al. 2022).
 3. **Shrink**: hidden neurons left without inputs or outputs are cut (``shrink.py``).
 4. **Share weights** (Deep Compression) and fine-tune the shared values; quantise to int8
    with the sharing's per-row scales, so the codebook is exact.
