@@ -28,7 +28,7 @@ import torch
 
 from prunekit.data.idx import FASHION_MNIST_DEBIAN_DIR
 from prunekit.mcu.c_export import generate_c
-from prunekit.mcu.compile import find_c_compiler, measure_object
+from prunekit.mcu.compile import check_against_reference, find_c_compiler, measure_object
 from prunekit.mcu.compress import (
     Candidate,
     Recipe,
@@ -65,21 +65,32 @@ def _row(
     }
     if find_c_compiler() is not None:
         source = generate_c(cand.qmodel, cand.encodings)
+        x = cand.qmodel.quantize_input(data.test_x.numpy())
         with tempfile.TemporaryDirectory() as tmp:
-            sizes = measure_object(source, tmp)
-        row.update(flash=sizes.flash, ram=sizes.ram, code=sizes.text)
+            sizes = measure_object(source, Path(tmp) / "object")
+            check = check_against_reference(cand.qmodel, source, x, Path(tmp) / "check")
+        row.update(flash=sizes.flash, ram=sizes.ram, code=sizes.text,
+                   c_agreement=check.agreement, c_logits_identical=check.logits_identical,
+                   c_samples=check.n)  # fmt: skip
     return row
+
+
+def _agreement(row: dict[str, Any]) -> str:
+    if "c_agreement" not in row:
+        return "no cc"
+    return f"{row['c_agreement']:.2%}" + ("" if row["c_logits_identical"] else "*")
 
 
 def _print_rows(rows: list[dict[str, Any]], dense_bytes: int, dense_acc: float) -> None:
     print(f"\ndense fp32: {dense_bytes} bytes, test accuracy {dense_acc:.2%}")
-    head = f"{'budget':>8} {'method':>9} {'values':>13} {'bytes':>7} {'ratio':>6} {'nnz':>6} {'test acc':>8} {'delta':>6} {'flash':>7} {'RAM':>5}"
+    head = f"{'budget':>8} {'method':>9} {'values':>13} {'bytes':>7} {'ratio':>6} {'nnz':>6} {'test acc':>8} {'delta':>6} {'flash':>7} {'RAM':>5} {'C = Python':>10}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['budget']:>8} {r['method']:>9} {r['candidate']:>13} {r['bytes']:>7} "
               f"{r['ratio']:>5.1f}x {r['nonzeros']:>6} {r['test_accuracy']:>8.2%} "
-              f"{r['delta_points']:>+6.2f} {r.get('flash', '-'):>7} {r.get('ram', '-'):>5}")  # fmt: skip
+              f"{r['delta_points']:>+6.2f} {r.get('flash', '-'):>7} {r.get('ram', '-'):>5} "
+              f"{_agreement(r):>10}")  # fmt: skip
 
 
 def main() -> None:
