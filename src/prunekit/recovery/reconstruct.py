@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.inputs import as_example_inputs
 from prunekit.recovery.finetuning import RecoveryError
 
 Forward = Callable[[nn.Module, Any], object]
@@ -43,11 +44,9 @@ class Refit:
 
 
 def _call(model: nn.Module, batch: Any) -> object:
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+    """Batches as everywhere in prunekit (``inputs.as_example_inputs``): a dict is keyword
+    arguments, a tuple positional arguments, a tensor the single argument."""
+    return as_example_inputs(batch).call(model)
 
 
 def pruned_input_linears(student: nn.Module, teacher: nn.Module) -> list[str]:
