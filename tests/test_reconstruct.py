@@ -58,6 +58,7 @@ def test_duplicate_neurons_are_recovered_exactly() -> None:
     assert refit.name == "2"
     assert refit.error_before > 0.01
     assert refit.error_after < 1e-10
+    assert refit.kept and refit.output_error_after < 1e-10 < refit.output_error_before
     torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=1e-5)
     expected = teacher[2].weight[:, :6].clone()
     expected[:, 2] += teacher[2].weight[:, 7]
@@ -89,6 +90,51 @@ def test_refit_lowers_the_error_and_never_raises_it() -> None:
         assert refit.error_after <= refit.error_before
     (refit,) = reconstruct_linears(student, teacher, _batches(), ridge=0.0)
     assert refit.error_after < 0.9 * refit.error_before
+
+
+class _Residual(nn.Module):
+    """``down(relu(up(x))) + skip(x)``: a Linear whose output joins a residual path."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, hidden)
+        self.down = nn.Linear(hidden, 4)
+        self.skip = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x))) + self.skip(x)
+
+
+def test_a_refit_that_moves_the_model_output_away_is_undone() -> None:
+    # The removed neuron is always active (huge bias), so its contribution is linear in x, and
+    # the student's skip path already carries it: the student's output equals the teacher's.
+    # Refitting `down` alone to the teacher's `down` output would count that part twice.
+    torch.manual_seed(0)
+    teacher = _Residual(6)
+    with torch.no_grad():
+        teacher.up.bias[5] = 50.0
+    student = _Residual(5)
+    column = teacher.down.weight[:, 5].detach()
+    with torch.no_grad():
+        student.up.weight.copy_(teacher.up.weight[:5])
+        student.up.bias.copy_(teacher.up.bias[:5])
+        student.down.weight.copy_(teacher.down.weight[:, :5])
+        student.down.bias.copy_(teacher.down.bias)
+        student.skip.weight.copy_(teacher.skip.weight + torch.outer(column, teacher.up.weight[5]))
+        student.skip.bias.copy_(teacher.skip.bias + column * teacher.up.bias[5])
+    batches = _batches(n=2)
+    batches = [b[:, :4] for b in batches]
+    x = torch.cat(batches)
+    torch.testing.assert_close(student(x), teacher(x), atol=1e-4, rtol=1e-4)
+    before = copy.deepcopy(student.state_dict())
+
+    (refit,) = reconstruct_linears(student, teacher, batches, ridge=0.0)
+
+    assert refit.name == "down"
+    assert refit.error_after < 0.5 * refit.error_before  # its own layer would match better
+    assert not refit.kept
+    assert refit.output_error_after > refit.output_error_before
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
 def test_linear_without_bias_stays_without_bias() -> None:

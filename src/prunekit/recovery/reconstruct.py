@@ -13,8 +13,10 @@ already refitted, so their remaining error is corrected too) and ``Y_teacher`` t
 layer's outputs on the same data. This is the layer-wise reconstruction of Kwon et al.,
 "A Fast Post-Training Pruning Framework for Transformers" (NeurIPS 2022), with a full
 matrix instead of one scale per head, plus the bias compensation of FLAP (An et al., AAAI
-2024) through ``b'``. It takes seconds, needs no labels and gives distillation a much better
-start. The normal equations are accumulated in float64 over tokens, so memory does not grow
+2024) through ``b'``. It needs no labels and gives distillation a better start. Matching one
+layer is not matching the model: the Linear's output joins a residual stream that pruning
+changed as well, so a refit stays only if the model's output gets closer to the dense one
+(on MiniLM it undid the first layer's refits and kept the rest). The normal equations are accumulated in float64 over tokens, so memory does not grow
 with the calibration set; padded tokens (``attention_mask == 0``) are left out.
 """
 
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.inputs import as_example_inputs
+from prunekit.inputs import as_example_inputs, flatten_tensors
 from prunekit.recovery.finetuning import RecoveryError
 
 Forward = Callable[[nn.Module, Any], object]
@@ -36,11 +38,15 @@ Forward = Callable[[nn.Module, Any], object]
 @dataclass
 class Refit:
     """One refitted Linear: relative squared error of its output against the dense layer's,
-    on the calibration tokens, before and after."""
+    on the calibration tokens, before and after; and of the model's output (its first
+    tensor), which decides whether the refit is kept."""
 
     name: str
     error_before: float
     error_after: float
+    output_error_before: float
+    output_error_after: float
+    kept: bool
 
 
 def _call(model: nn.Module, batch: Any) -> object:
@@ -123,6 +129,23 @@ def _teacher_outputs(
     return {name: _tokens(out[0], batch).to(torch.float32) for name, out in seen.items()}
 
 
+def _model_output(model: nn.Module, batch: Any, forward: Forward) -> torch.Tensor:
+    tensors = flatten_tensors(forward(model, batch))
+    if not tensors:
+        raise RecoveryError("the model returned no tensor to compare with the dense model's")
+    return _tokens(tensors[0].detach(), batch).to(torch.float64)
+
+
+def _output_error(
+    model: nn.Module, batches: Sequence[Any], targets: Sequence[torch.Tensor], forward: Forward
+) -> float:
+    error = sum(
+        float((_model_output(model, b, forward) - t).pow(2).sum())
+        for b, t in zip(batches, targets, strict=True)
+    )
+    return error / max(sum(float(t.pow(2).sum()) for t in targets), 1e-30)
+
+
 @torch.no_grad()
 def reconstruct_linears(
     student: nn.Module,
@@ -135,11 +158,12 @@ def reconstruct_linears(
 ) -> list[Refit]:
     """Refit ``names`` (default: ``pruned_input_linears``) of ``student`` in place, in order.
 
-    ``ridge`` is relative to the mean input energy (the diagonal of ``X^T X``), so it means
-    the same for every layer; the bias is not regularised. A refit that would not lower the
-    calibration error (possible only through the ridge term) is not applied. The dense
-    outputs come from one teacher pass per batch (kept in float32); each student pass stops
-    at the Linear being refitted.
+    Each input's ridge is ``ridge`` times its own energy (the diagonal of ``X^T X``), so it
+    means the same whatever the input's scale; the bias is not regularised. A refit is kept
+    only when it brings the model's output (its first tensor, e.g. the last hidden state)
+    closer to the dense model's on the calibration data (``Refit.kept``). The dense layers'
+    outputs come from one teacher pass per batch; each student pass for a refit stops at the
+    Linear being refitted, and one more full pass checks the model's output.
     """
     if not batches:
         raise RecoveryError("reconstruction needs at least one calibration batch")
@@ -155,10 +179,26 @@ def reconstruct_linears(
     teacher.eval()
     try:
         targets = [_teacher_outputs(teacher, names, batch, forward) for batch in batches]
-        return [
-            _refit(student, name, batches, [t[name] for t in targets], ridge, forward)
-            for name in names
-        ]
+        outputs = [_model_output(teacher, batch, forward) for batch in batches]
+        error = _output_error(student, batches, outputs, forward)
+        refits = []
+        for name in names:
+            linear = student.get_submodule(name)
+            saved = [p.detach().clone() for p in linear.parameters(recurse=False)]
+            layer_before, layer_after = _refit(
+                student, name, batches, [t[name] for t in targets], ridge, forward
+            )
+            after = _output_error(student, batches, outputs, forward)
+            # A refit that matches its own layer better can still move the model's output
+            # away: the Linear's output is added to a residual stream that pruning changed
+            # too. Keep it only when the model's output comes closer to the dense model's.
+            kept = after < error
+            if not kept:
+                for param, value in zip(linear.parameters(recurse=False), saved, strict=True):
+                    param.copy_(value)
+            refits.append(Refit(name, layer_before, layer_after, error, after, kept))
+            error = after if kept else error
+        return refits
     finally:
         student.train(was_training[0])
         teacher.train(was_training[1])
@@ -171,7 +211,8 @@ def _refit(
     targets: Sequence[torch.Tensor],
     ridge: float,
     forward: Forward,
-) -> Refit:
+) -> tuple[float, float]:
+    """Solve and apply the refit; the layer's relative errors before and after."""
     linear = student.get_submodule(name)
     assert isinstance(linear, nn.Linear)
     # A column of ones carries the bias; a Linear without one is refitted without one (adding
@@ -200,8 +241,7 @@ def _refit(
         cross += x.T @ y
         target_energy += float(y.pow(2).sum())
         old_error += float((x @ old - y).pow(2).sum())
-    energy = float(gram.diagonal()[: linear.in_features].mean())
-    penalty = torch.full((features,), ridge * energy, dtype=torch.float64)
+    penalty = ridge * gram.diagonal().clone()
     if has_bias:
         penalty[-1] = 0.0
     solution = torch.linalg.solve(gram + torch.diag(penalty), cross)
@@ -213,4 +253,4 @@ def _refit(
         linear.weight.copy_(solution[: linear.in_features].T.to(linear.weight.dtype))
         if linear.bias is not None:
             linear.bias.copy_(solution[-1].to(linear.bias.dtype))
-    return Refit(name, old_error / scale, min(new_error, old_error) / scale)
+    return old_error / scale, min(new_error, old_error) / scale
