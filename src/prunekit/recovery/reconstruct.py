@@ -107,8 +107,9 @@ def _student_inputs(model: nn.Module, name: str, batch: Any, forward: Forward) -
 
 def _teacher_outputs(
     model: nn.Module, names: Sequence[str], batch: Any, forward: Forward
-) -> dict[str, torch.Tensor]:
-    """The outputs of every Linear in ``names`` on ``batch``, from one forward pass."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The outputs of every Linear in ``names`` on ``batch`` and the model's output
+    (``_output_rows``), from one forward pass."""
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     handles = [
         model.get_submodule(name).register_forward_hook(
@@ -117,7 +118,7 @@ def _teacher_outputs(
         for name in names
     ]
     try:
-        forward(model, batch)
+        result = _output_rows(forward(model, batch), batch)
     finally:
         for handle in handles:
             handle.remove()
@@ -126,11 +127,13 @@ def _teacher_outputs(
             raise RecoveryError(
                 f"{name} ran {len(outputs)} times in one forward pass; cannot refit it"
             )
-    return {name: _tokens(out[0], batch).to(torch.float32) for name, out in seen.items()}
+    layers = {name: _tokens(out[0], batch).to(torch.float32) for name, out in seen.items()}
+    return layers, result
 
 
-def _model_output(model: nn.Module, batch: Any, forward: Forward) -> torch.Tensor:
-    tensors = flatten_tensors(forward(model, batch))
+def _output_rows(output: object, batch: Any) -> torch.Tensor:
+    """The token rows of a model's output: its first tensor (e.g. the last hidden state)."""
+    tensors = flatten_tensors(output)
     if not tensors:
         raise RecoveryError("the model returned no tensor to compare with the dense model's")
     return _tokens(tensors[0].detach(), batch).to(torch.float64)
@@ -140,7 +143,7 @@ def _output_error(
     model: nn.Module, batches: Sequence[Any], targets: Sequence[torch.Tensor], forward: Forward
 ) -> float:
     error = sum(
-        float((_model_output(model, b, forward) - t).pow(2).sum())
+        float((_output_rows(forward(model, b), b) - t).pow(2).sum())
         for b, t in zip(batches, targets, strict=True)
     )
     return error / max(sum(float(t.pow(2).sum()) for t in targets), 1e-30)
@@ -178,8 +181,9 @@ def reconstruct_linears(
     student.eval()
     teacher.eval()
     try:
-        targets = [_teacher_outputs(teacher, names, batch, forward) for batch in batches]
-        outputs = [_model_output(teacher, batch, forward) for batch in batches]
+        targets, outputs = zip(
+            *(_teacher_outputs(teacher, names, batch, forward) for batch in batches), strict=True
+        )
         error = _output_error(student, batches, outputs, forward)
         refits = []
         for name in names:
