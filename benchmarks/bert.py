@@ -9,8 +9,8 @@ recovered, first by refitting the projections that read removed heads / neurons
 (``recovery.reconstruct``, least squares on ``--reconstruct-sentences`` corpus sentences),
 then by distilling the dense model (``recovery.embedding_distill``: embeddings, their
 pairwise similarities and, with ``--hidden-weight``, every layer's token hidden states; no
-dropout) for at most ``--distill-seconds`` on sentences the fidelity set never sees: the quotations of Debian's
-``fortunes`` package (``apt-get install fortunes``; ~21,000 everyday English sentences) when it
+dropout) for at most ``--distill-seconds`` on sentences the fidelity set never sees: the
+quotations of Debian's ``fortunes`` package (``apt-get install fortunes``; ~21,000 everyday English sentences) when it
 is installed, else the docstrings of Python's standard library. Latency: eager PyTorch, batch 1
 and 32, sequence length 128.
 

@@ -6,23 +6,24 @@ contributed is lost, but part of it is predictable from the channels that remain
 head often attends much like a kept one. So, for each such Linear in network order, solve a
 ridge-regularised least-squares problem on calibration data:
 
-    W', b' = argmin || X_student @ W'^T + b' - Y_teacher ||^2 + ridge * ||W'||^2
+    W', b' = argmin || X_student @ W'^T + b' - Y_teacher ||^2 + sum_i ridge * E_i * ||W'[:, i]||^2
 
 where ``X_student`` are the inputs the *pruned* model gives this Linear (earlier layers
-already refitted, so their remaining error is corrected too) and ``Y_teacher`` the dense
-layer's outputs on the same data. This is the layer-wise reconstruction of Kwon et al.,
-"A Fast Post-Training Pruning Framework for Transformers" (NeurIPS 2022), with a full
-matrix instead of one scale per head, plus the bias compensation of FLAP (An et al., AAAI
-2024) through ``b'``. It needs no labels and gives distillation a better start. Matching one
-layer is not matching the model: the Linear's output joins a residual stream that pruning
-changed as well, so a refit stays only if the model's output gets closer to the dense one
-(on MiniLM it undid the first layer's refits and kept the rest). The normal equations are accumulated in float64 over tokens, so memory does not grow
-with the calibration set; padded tokens (``attention_mask == 0``) are left out.
+already refitted, so their remaining error is corrected too), ``Y_teacher`` the dense
+layer's outputs on the same data and ``E_i`` the energy of input ``i``. This is the
+layer-wise reconstruction of Kwon et al., "A Fast Post-Training Pruning Framework for
+Transformers" (NeurIPS 2022), with a full matrix instead of one scale per head, plus the bias
+compensation of FLAP (An et al., AAAI 2024) through ``b'``. It needs no labels and gives
+distillation a better start. Matching one layer is not matching the model: the Linear's
+output joins a residual stream that pruning changed as well, so a refit stays only if the
+model's output gets closer to the dense one (on MiniLM it undid the first layer's refits and
+kept the rest). The normal equations are accumulated in float64 over tokens, so memory does
+not grow with the calibration set; padded tokens (``attention_mask == 0``) are left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,7 @@ def pruned_input_linears(student: nn.Module, teacher: nn.Module) -> list[str]:
 def _tokens(tensor: torch.Tensor, batch: Any) -> torch.Tensor:
     """Rows of a [..., features] activation, without padded positions when the batch says
     which they are."""
-    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
     if mask is not None and tensor.dim() == 3 and tuple(mask.shape) == tuple(tensor.shape[:2]):
         return tensor[mask.bool()]
     return tensor.reshape(-1, tensor.shape[-1])
