@@ -10,9 +10,9 @@ recovered, first by refitting the projections that read removed heads / neurons
 then by distilling the dense model (``recovery.embedding_distill``: embeddings, their
 pairwise similarities and, with ``--hidden-weight``, every layer's token hidden states; no
 dropout) for at most ``--distill-seconds`` on sentences the fidelity set never sees: the
-quotations of Debian's ``fortunes`` package (``apt-get install fortunes``; ~21,000 everyday English sentences) when it
-is installed, else the docstrings of Python's standard library. Latency: eager PyTorch, batch 1
-and 32, sequence length 128.
+quotations of Debian's ``fortunes`` package (``apt-get install fortunes``; ~21,000 everyday
+English sentences) when it is installed, else the docstrings of Python's standard library.
+Latency: eager PyTorch, batch 1 and 32, sequence length 128.
 
     python benchmarks/bert.py [--part fidelity|latency|all] [--distill-seconds 600]
                               [--reconstruct-sentences 2048] [--hidden-weight 1]

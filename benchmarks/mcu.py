@@ -5,8 +5,9 @@ For each budget (a compression ratio against the dense fp32 bytes), prunekit's m
 shifted images, dead-neuron removal, weight sharing, per-layer storage choice, candidates
 compared on validation accuracy) runs side by side with the plain baseline every toolkit
 offers (global gradual magnitude pruning with fine-tuning, int8 values, 4-bit relative
-indices), both from the same dense model with the same number of epochs. Then a larger 784-1024-1024-10 network
-(~7.3 MB fp32) is fitted into 1 MB to show which candidate prunekit picks.
+indices), both from the same dense model with the same number of epochs. Then a larger
+784-1024-1024-10 network (~7.3 MB fp32) is fitted into 1 MB to show which candidate prunekit
+picks.
 
 Accuracy is integer-only inference on the 10,000 test images; flash and RAM come from
 compiling the generated C (``-Os``, host compiler; code size differs per target, array
