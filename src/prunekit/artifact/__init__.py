@@ -33,6 +33,7 @@ from prunekit.artifact._recipes import build_original, import_class
 from prunekit.errors import PrunekitError
 from prunekit.inputs import InputSpec, spec_from_dict
 from prunekit.pruning._tensors import aliases, named_tensors, replace_tensor
+from prunekit.pruning.blocks import DroppedResidual, replace_block
 
 MANIFEST = "prunekit.json"
 WEIGHTS = "model.safetensors"
@@ -105,6 +106,8 @@ def manifest_for(
         "tensors": tensors,
         "attributes": attributes,
         "classes": classes,
+        # residual blocks replaced by their skip connection (prunekit.pruning.blocks)
+        "dropped_blocks": [n for n, m in model.named_modules() if isinstance(m, DroppedResidual)],
     }
 
 
@@ -222,6 +225,11 @@ def load(
     _check_files(directory, manifest)
     weights = directory / WEIGHTS
     model = build_original(manifest["recipe"])
+    for name in manifest.get("dropped_blocks", []):
+        try:  # the shift's shape is set with the other tensors' below
+            replace_block(model, name, torch.zeros(0, device="meta"))
+        except PrunekitError as exc:
+            raise ArtifactError(f"{MANIFEST}: {exc}") from None
     modules = dict(model.named_modules())
     for name, path in manifest["classes"].items():
         if name not in modules:
