@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from prunekit.planning.fingerprint import check_fingerprint, fingerprint, group_
 from prunekit.planning.planner import Plan, PlanError
 from prunekit.pruning import PruneResult, StructuredPruning, prune
 from prunekit.pruning._tensors import named_tensors
+from prunekit.pruning.blocks import drop_blocks, find_residual_blocks
 
 
 def apply_plan(
@@ -23,12 +24,17 @@ def apply_plan(
     *,
     graph: ChannelGraph | None = None,
     scores: Mapping[int, np.ndarray] | None = None,
+    batches: Sequence[ExampleInputs | torch.Tensor] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to the plan's channel counts.
 
     The plan must have been made for this architecture and input shape (fingerprint). Which
     channels go is decided by the plan's ``importance``: L1 magnitude is recomputed here (the
     weights may have been fine-tuned since), any other criterion needs its ``scores``.
+
+    The plan's residual blocks lose their branch (``prunekit.pruning.blocks``), each replaced
+    by the branch's mean output over ``batches`` (calibration inputs; by default the example
+    input, a weak estimate that fine-tuning corrects).
     """
     example = as_example_inputs(example)
     graph = graph or trace_channels(model, example)
@@ -56,5 +62,15 @@ def apply_plan(
             if not group.prunable:
                 raise PlanError(f"the plan prunes group {key}, which cannot be pruned")
             keep[group.id] = kept
+    if plan.drop_blocks:
+        find_blocks = find_residual_blocks(model)
+        missing = [name for name in plan.drop_blocks if name not in find_blocks]
+        if missing:
+            raise PlanError(
+                f"the plan drops {', '.join(missing)}, which this model has no residual block by"
+            )
     config = StructuredPruning(importance=plan.importance)
-    return prune(model, example, config, graph=graph, scores=scores, keep=keep)
+    result = prune(model, example, config, graph=graph, scores=scores, keep=keep)
+    # after the channel cuts, so that each branch's mean output has the pruned width
+    drop_blocks(model, plan.drop_blocks, batches if batches is not None else [example])
+    return result

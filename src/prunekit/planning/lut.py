@@ -79,6 +79,7 @@ from prunekit.planning._files import write_json_atomic
 from prunekit.planning.fingerprint import PlanningFileError, fingerprint, group_keys, structure
 from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
 from prunekit.pruning import check_groups
+from prunekit.pruning.blocks import drop_blocks, find_residual_blocks
 from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import keep_count, plan_group
 from prunekit.pruning.surgery import ModelIndex, remove_atoms
@@ -168,6 +169,7 @@ class LatencyTable:
     policy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     created: str = ""
+    blocks: dict[str, float] = field(default_factory=dict)  # residual block -> ms when dropped
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -182,6 +184,9 @@ class LatencyTable:
                     f"group {key!r}: the dense point ({g.size} channels) must be base_ms "
                     f"{self.base_ms}, got {g.ms[-1]}"
                 )
+        for name, ms in self.blocks.items():
+            if not (math.isfinite(ms) and ms >= 0):
+                raise LatencyTableError(f"block {name!r}: latency must be finite and >= 0")
 
     # ---------------------------------------------------------------- prediction
 
@@ -199,12 +204,23 @@ class LatencyTable:
                 f"no group {name!r} in the latency table; it has {len(self.groups)} groups: {known}"
             ) from None
 
-    def predict(self, kept: Mapping[str, float]) -> float:
-        """Predicted latency (ms) with each named group cut to ``kept[name]`` channels; groups
-        not mentioned stay dense. Additive: ``base + sum_g (T_g(kept_g) - base)`` (see the
-        module docstring for what that assumes). A group that was not profiled (``skipped``)
-        may be named only at its full size."""
+    def has_block(self, name: str) -> bool:
+        return name in self.blocks
+
+    def predict(self, kept: Mapping[str, float], dropped: Sequence[str] = ()) -> float:
+        """Predicted latency (ms) with each named group cut to ``kept[name]`` channels and the
+        residual blocks ``dropped`` without their branch; groups not mentioned stay dense.
+        Additive: ``base + sum_g (T_g(kept_g) - base) + sum_b (T_b - base)`` (see the module
+        docstring for what that assumes). A group that was not profiled (``skipped``) may be
+        named only at its full size."""
         total = self.base_ms
+        for name in dropped:
+            if name not in self.blocks:
+                raise LatencyTableError(
+                    f"block {name!r} was not profiled in this latency table (profile again "
+                    "with blocks)"
+                )
+            total += self.blocks[name] - self.base_ms
         for name, k in kept.items():
             skipped = self.skipped.get(name)
             if name not in self.groups and skipped is not None and k == skipped.size:
@@ -289,6 +305,7 @@ class LatencyTable:
             "policy": self.policy,
             "notes": self.notes,
             "created": self.created,
+            "blocks": self.blocks,
         }
 
     @classmethod
@@ -329,6 +346,7 @@ class LatencyTable:
                 policy=dict(data.get("policy", {})),
                 notes=[str(n) for n in data.get("notes", [])],
                 created=str(data.get("created", "")),
+                blocks={str(k): float(v) for k, v in data.get("blocks", {}).items()},
             )
         except LatencyTableError as exc:
             raise LatencyTableError(f"{source} is malformed: {exc}") from None
@@ -478,6 +496,7 @@ def profile_latency(
     round_to: int = 1,
     method: str = "measure",
     model_name: str = "",
+    blocks: bool = True,
     log: Log | None = None,
 ) -> LatencyTable:
     """Measure ``model``'s latency dense and with each prunable group alone cut to each of
@@ -502,6 +521,9 @@ def profile_latency(
     and models every point from that profile (``prunekit.planning.module_latency``): immune
     to the run-to-run noise of whole-model timings on a busy machine, blind to kernel effects
     of particular channel counts.
+
+    ``blocks``: also time the model with each residual block alone dropped
+    (``prunekit.pruning.blocks``), for plans that drop blocks.
     """
     say: Log = log or (lambda _: None)
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -616,6 +638,18 @@ def profile_latency(
             f"no group could be measured pruned (the first: {failed[0]}); rerun with --debug "
             "(or logging at DEBUG) for the tracebacks"
         )
+    block_ms: dict[str, float] = {}
+    for name in find_residual_blocks(work) if blocks else []:
+        if modelled is not None:
+            ms = modelled.predict([], dropped=[name]) * base_start / modelled.profile.total_ms
+        else:
+            dropped = drop_blocks(work, [name], [spec.make(1).to(dev, DTYPES[dtype])])
+            try:
+                ms = measure()
+            finally:
+                dropped.undo()
+        block_ms[name] = ms
+        say(f"  block {name} dropped -> {ms:.3f} ms")
     base_end = measure() if modelled is None else base_start
     base_ms = (base_start + base_end) / 2
     say(f"  dense again: {base_end:.3f} ms")
@@ -649,4 +683,5 @@ def profile_latency(
         policy=asdict(policy),
         notes=notes,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        blocks=block_ms,
     )

@@ -16,7 +16,7 @@ than its MACs suggest -- but not kernel-selection effects of particular channel 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ from torch import nn
 from prunekit._utils import meta_copy
 from prunekit.inputs import ExampleInputs
 from prunekit.measure.macs import count_macs
+from prunekit.pruning.blocks import drop_blocks
 from prunekit.pruning.surgery import ModelIndex, remove_atoms
 
 
@@ -127,14 +128,24 @@ class ModuleLatencyModel:
             out[name] = (float(count.by_module.get(name, 0)), float(np.prod(shape)) if shape else 0)
         return out
 
-    def predict(self, removals: list[tuple[object, np.ndarray]]) -> float:
+    def predict(
+        self, removals: list[tuple[object, np.ndarray]], dropped: Sequence[str] = ()
+    ) -> float:
+        """``dropped``: residual blocks whose branch goes (its modules' time with it)."""
         record = remove_atoms(self.meta, removals, self.index)  # type: ignore[arg-type]
         try:
-            work = self._work()
+            blocks = drop_blocks(self.meta, dropped, [self.example])
+            try:
+                work = self._work()
+            finally:
+                blocks.undo()
         finally:
             record.undo()
         modelled = self.profile.outside_ms
+        prefixes = tuple(f"{name}." for name in dropped)
         for name, ms in self.profile.module_ms.items():
+            if name.startswith(prefixes) or name in dropped:
+                continue  # its time goes with the block's branch
             (macs, size), (dense_macs, dense_size) = work[name], self.dense[name]
             if dense_macs > 0:
                 modelled += ms * macs / dense_macs

@@ -26,6 +26,13 @@ Why a Lagrangian relaxation, then an exact polish:
 
 Channel counts honour ``round_to`` (a multiple of N channels, for tensor cores / SIMD) and
 ``protect`` (module patterns whose groups stay dense).
+
+Residual blocks measured by the sensitivity analysis (``Sensitivity.blocks``) are decisions
+too: a block either stays or loses its branch (``prunekit.pruning.blocks``). For a given
+multiplier, a block goes when dropping it costs less than the best channel cuts of the groups
+inside it (those groups then stay dense: they go with the block). Dropping blocks is what
+saves the time that channel counts cannot -- every layer's fixed cost, which dominates
+small-batch CPU latency -- so a latency-aware plan uses it when the table says it pays.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from prunekit.planning.fingerprint import (
     group_keys,
 )
 from prunekit.planning.sensitivity import Sensitivity
+from prunekit.pruning.blocks import drop_blocks
 from prunekit.pruning.config import matches
 from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import plan_group, producers
@@ -64,6 +72,7 @@ VERSION = 1
 TARGET_KINDS = ("macs", "params", "bytes", "latency_ms")
 TOLERANCE = 0.01
 OPTIONS_PER_GROUP = 32
+BLOCK = "block:"  # planner-internal keys of residual blocks: option 0 = dropped, 1 = kept
 
 Log = Callable[[str], None]
 
@@ -134,6 +143,7 @@ class Plan:
     metric: str
     importance: str = "l1"  # the criterion choosing which channels go (as when planned)
     notes: list[str] = field(default_factory=list)
+    drop_blocks: list[str] = field(default_factory=list)  # residual blocks losing their branch
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -153,6 +163,7 @@ class Plan:
                 metric=str(data.get("metric", "")),
                 importance=str(data.get("importance", "l1")),
                 notes=[str(n) for n in data.get("notes", [])],
+                drop_blocks=[str(b) for b in data.get("drop_blocks", [])],
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanningFileError(f"{source} is malformed: {exc!r}") from None
@@ -169,6 +180,9 @@ class Plan:
         for key, size in self.sizes.items():
             keep = self.keep.get(key, size)
             lines.append(f"{key:<40} {keep:>5}/{size:<5} {1 - keep / size:>8.0%}")
+        lines += [
+            f"{name:<40} {'dropped (residual branch removed)':>20}" for name in self.drop_blocks
+        ]
         return "\n".join(lines)
 
 
@@ -206,10 +220,10 @@ class _Costs:
         self.parameters = {n for n, t in self.index.tensors.items() if isinstance(t, nn.Parameter)}
         dense = count_macs(self.meta, self.example)
         # module -> (dense MACs, its weight's name) for the MACs that scale with a weight
-        self.module_macs: list[tuple[int, str | None]] = []
+        self.module_macs: list[tuple[int, str | None, str]] = []
         for module, macs in dense.by_module.items():
             weight = f"{module}.weight" if module else "weight"
-            self.module_macs.append((macs, weight if weight in self.shapes else None))
+            self.module_macs.append((macs, weight if weight in self.shapes else None, module + "."))
         self.removals: dict[tuple[str, int], list[tuple[Group, np.ndarray]]] = {}
         self.removed: dict[tuple[str, int], dict[tuple[str, int], int]] = {}
         self.correction = 1.0
@@ -231,15 +245,35 @@ class _Costs:
         return self.removed[(key, kept)]
 
     def _active(self, keep: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
-        return tuple(sorted((k, v) for k, v in keep.items() if v < self.groups[k].size))
+        return tuple(
+            sorted(
+                (k, v)
+                for k, v in keep.items()
+                if (v == 0 if k.startswith(BLOCK) else v < self.groups[k].size)
+            )
+        )
+
+    @staticmethod
+    def _split(active: tuple[tuple[str, int], ...]) -> tuple[dict[str, int], list[str]]:
+        """(group -> kept, dropped block names) of an active plan."""
+        groups = {k: v for k, v in active if not k.startswith(BLOCK)}
+        return groups, [k[len(BLOCK) :] for k, _ in active if k.startswith(BLOCK)]
+
+    def _latency(self, groups: Mapping[str, int], dropped: Sequence[str]) -> float:
+        assert self.lut is not None
+        return float(self.lut.predict(dict(groups), dropped=dropped))
 
     def estimate(self, keep: Mapping[str, int]) -> dict[str, float]:
         removed: dict[tuple[str, int], int] = {}
-        for key, kept in self._active(keep):
+        groups, dropped = self._split(self._active(keep))
+        prefixes = tuple(f"{name}." for name in dropped)
+        for key, kept in groups.items():
             for where, n in self._removal(key, kept).items():
                 removed[where] = removed.get(where, 0) + n
 
         def kept_fraction(name: str) -> float:
+            if name.startswith(prefixes):
+                return 0.0
             shape = self.shapes[name]
             fraction = 1.0
             for dim, size in enumerate(shape):
@@ -252,29 +286,37 @@ class _Costs:
             numel = float(np.prod(self.shapes[name])) * kept_fraction(name)
             params += numel
             size += numel * self.element_bytes[name]
-        macs = sum(m * (kept_fraction(w) if w else 1.0) for m, w in self.module_macs)
+        macs = sum(
+            m * (kept_fraction(w) if w else 0.0 if name.startswith(prefixes) else 1.0)
+            for m, w, name in self.module_macs
+        )
         result = {"macs": macs * self.correction, "params": params, "bytes": size}
         if self.lut is not None:
-            result["latency_ms"] = float(self.lut.predict(dict(keep)))
+            result["latency_ms"] = self._latency(groups, dropped)
         return result
 
     def exact(self, keep: Mapping[str, int]) -> dict[str, float]:
         active = self._active(keep)
         if active not in self.exact_cache:
+            groups, dropped = self._split(active)
             removals = []
-            for key, kept in active:
+            for key, kept in groups.items():
                 self._removal(key, kept)
                 removals += self.removals[(key, kept)]
             record = remove_atoms(self.meta, removals, self.index)
             try:
-                macs = float(count_macs(self.meta, self.example).total)
-                params = float(sum(p.numel() for p in self.meta.parameters()))
-                size = float(sum(p.numel() * p.element_size() for p in self.meta.parameters()))
+                blocks = drop_blocks(self.meta, dropped, [self.example])
+                try:
+                    macs = float(count_macs(self.meta, self.example).total)
+                    params = float(sum(p.numel() for p in self.meta.parameters()))
+                    size = float(sum(p.numel() * p.element_size() for p in self.meta.parameters()))
+                finally:
+                    blocks.undo()
             finally:
                 record.undo()
             result = {"macs": macs, "params": params, "bytes": size}
             if self.lut is not None:
-                result["latency_ms"] = float(self.lut.predict(dict(keep)))
+                result["latency_ms"] = self._latency(groups, dropped)
             self.exact_cache[active] = result
         return self.exact_cache[active]
 
@@ -318,6 +360,7 @@ def make_plan(
     protect: Sequence[str] = (),
     importance: str = "l1",
     latency_weight: float = 0.0,
+    blocks: bool = True,
     log: Log = lambda _: None,
 ) -> Plan:
     """Per-group channel counts meeting ``target`` with the least predicted drop.
@@ -335,6 +378,9 @@ def make_plan(
     equally cheap cuts the planner takes those that make the model faster on the device the
     table was measured on -- at equal MACs, some layers' channels cost far more time than
     others (memory-bound depthwise convolutions, per-layer overheads at batch 1).
+
+    ``blocks``: let the plan drop the residual blocks the sensitivity file measured
+    (``Plan.drop_blocks``; with a latency table, only those the table measured too).
     """
     example = as_example_inputs(example)
     if round_to < 1:
@@ -387,8 +433,32 @@ def make_plan(
             continue
         options[key] = _options(group.size, min(measured), round_to, measured)
 
+    # residual blocks: option 0 drops the block, 1 keeps it; the groups inside go with it
+    inside: dict[str, list[str]] = {}
+    notes = []
+    for name, block in sensitivity.blocks.items() if blocks else ():
+        if not math.isfinite(block.drop) or any(k in protected for k in block.groups):
+            continue
+        if any(name.startswith(other + ".") for other in sensitivity.blocks):
+            continue  # a block inside another: only the outer one is a decision
+        if any(matches(p, name) for p in protect):
+            continue
+        if lut is not None and not lut.has_block(name):
+            notes.append(f"block {name} was not profiled in the latency table: kept")
+            continue
+        options[BLOCK + name] = [0, 1]
+        inside[BLOCK + name] = [k for k in block.groups if k in options]
+
     def drop(key: str, kept: int) -> float:
+        if key.startswith(BLOCK):
+            return sensitivity.blocks[key[len(BLOCK) :]].drop if kept == 0 else 0.0
         return sensitivity.groups[key].at(kept, "drop")
+
+    def predicted_ms(key: str, kept: int) -> float:
+        if key.startswith(BLOCK):
+            dropped = [key[len(BLOCK) :]] if kept == 0 else []
+            return float(lut.predict({}, dropped=dropped))  # type: ignore[union-attr]
+        return float(lut.predict({key: kept}))  # type: ignore[union-attr]
 
     base_ms = float(lut.predict({})) if lut is not None else 0.0
 
@@ -396,15 +466,18 @@ def make_plan(
         """What the allocation minimises: the predicted drop, plus the latency charge."""
         if latency_weight == 0:
             return drop(key, kept)
-        kept_ms = float(lut.predict({key: kept}))  # type: ignore[union-attr]
-        return drop(key, kept) + latency_weight * (kept_ms - base_ms) / base_ms
+        return drop(key, kept) + latency_weight * (predicted_ms(key, kept) - base_ms) / base_ms
 
     def saving(key: str, kept: int) -> float:
         """This group's saving alone, in the target's unit (an estimate for the relaxation)."""
         if kind == "latency_ms":
-            return costs.value({}, kind) - float(lut.predict({key: kept}))  # type: ignore[union-attr]
+            return costs.value({}, kind) - predicted_ms(key, kept)
         attribute = "params_fraction" if kind in ("params", "bytes") else "macs_fraction"
-        fraction = 1 - sensitivity.groups[key].at(kept, attribute)
+        if key.startswith(BLOCK):
+            block = sensitivity.blocks[key[len(BLOCK) :]]
+            fraction = 1 - getattr(block, attribute) if kept == 0 else 0.0
+        else:
+            fraction = 1 - sensitivity.groups[key].at(kept, attribute)
         return fraction if kind != "bytes" else fraction * costs.base["bytes"]
 
     tables = {
@@ -417,10 +490,23 @@ def make_plan(
 
     def allocation(lam: float) -> dict[str, int]:
         keep = {}
+        value = {}
         for key, opts in options.items():
             d, s = tables[key]
             # ties go to the option keeping more channels (options ascend in channels)
-            keep[key] = opts[len(opts) - 1 - int(np.argmin((d - lam * s)[::-1]))]
+            best = len(opts) - 1 - int(np.argmin((d - lam * s)[::-1]))
+            keep[key] = opts[best]
+            value[key] = float(d[best] - lam * s[best])
+        for key, groups_inside in inside.items():
+            # a block goes only when that beats the best cuts of the groups inside it
+            d, s = tables[key]
+            kept_value = float(d[1] - lam * s[1]) + sum(value[g] for g in groups_inside)
+            if float(d[0] - lam * s[0]) < kept_value:
+                keep[key] = 0
+                for g in groups_inside:
+                    keep[g] = options[g][-1]
+            else:
+                keep[key] = 1
         return keep
 
     def meets(keep: Mapping[str, int]) -> bool:
@@ -454,7 +540,14 @@ def make_plan(
         keep = allocation(hi)
         if not meets(keep):
             keep = most
-        return _polish(keep, options, objective, costs, kind, goal, slack)
+        return without_inside(_polish(keep, options, objective, costs, kind, goal, slack))
+
+    def without_inside(keep: dict[str, int]) -> dict[str, int]:
+        """The groups inside a dropped block stay dense: they go with it."""
+        for key, groups_inside in inside.items():
+            if keep.get(key) == 0:
+                keep.update({g: options[g][-1] for g in groups_inside})
+        return keep
 
     dense_value = costs.value({}, kind, exact=True)
     keep: dict[str, int] = {}
@@ -479,7 +572,6 @@ def make_plan(
     if "latency_ms" in cost:
         achieved["latency_ms"] = cost["latency_ms"]
         achieved["dense_latency_ms"] = costs.base["latency_ms"]
-    notes = []
     if value < goal - slack:
         notes.append(
             f"the cost {value:.4g} lies more than 1% below the target {goal:.4g}: the groups' "
@@ -488,7 +580,11 @@ def make_plan(
     if protected:
         notes.append(f"protected (kept dense): {', '.join(sorted(protected))}")
     full_keep = {key: keep.get(key, g.size) for key, g in groups.items()}
+    dropped = [k[len(BLOCK) :] for k, v in keep.items() if k.startswith(BLOCK) and v == 0]
     predicted = sum(drop(k, v) for k, v in full_keep.items() if v < groups[k].size)
+    predicted += sum(sensitivity.blocks[name].drop for name in dropped)
+    if dropped:
+        log(f"residual blocks dropped: {', '.join(dropped)}")
     log(f"plan for {target}: {value:.4g}, predicted drop {predicted:.4g}")
     return Plan(
         fingerprint=fp,
@@ -501,6 +597,7 @@ def make_plan(
         metric=sensitivity.metric,
         importance=importance if scores is not None else "l1",
         notes=notes,
+        drop_blocks=dropped,
     )
 
 

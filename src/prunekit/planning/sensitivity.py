@@ -46,6 +46,7 @@ from prunekit.planning.fingerprint import (
     fingerprint,
     group_keys,
 )
+from prunekit.pruning.blocks import drop_blocks, find_residual_blocks, internal_modules
 from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import keep_count, plan_group
 from prunekit.pruning.surgery import ModelIndex, remove_atoms
@@ -171,6 +172,17 @@ class GroupSensitivity:
 
 
 @dataclass
+class BlockSensitivity:
+    """The drop when residual block ``name`` alone loses its branch (``pruning.blocks``)."""
+
+    name: str
+    drop: float
+    macs_fraction: float
+    params_fraction: float
+    groups: list[str]  # keys of the groups inside the block: they go with it
+
+
+@dataclass
 class Sensitivity:
     fingerprint: str
     model: str
@@ -179,6 +191,7 @@ class Sensitivity:
     base_macs: int
     base_params: int
     groups: dict[str, GroupSensitivity] = field(default_factory=dict)
+    blocks: dict[str, BlockSensitivity] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -194,6 +207,16 @@ class Sensitivity:
                 )
                 for key, g in data["groups"].items()
             }
+            blocks = {
+                name: BlockSensitivity(
+                    name=name,
+                    drop=float(b["drop"]),
+                    macs_fraction=float(b["macs_fraction"]),
+                    params_fraction=float(b["params_fraction"]),
+                    groups=[str(k) for k in b["groups"]],
+                )
+                for name, b in data.get("blocks", {}).items()
+            }
             return cls(
                 fingerprint=str(data["fingerprint"]),
                 model=str(data.get("model", "")),
@@ -202,8 +225,9 @@ class Sensitivity:
                 base_macs=int(data["base_macs"]),
                 base_params=int(data["base_params"]),
                 groups=groups,
+                blocks=blocks,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanningFileError(f"{source} is malformed: {exc!r}") from None
 
     def save(self, path: str | Path) -> None:
@@ -261,6 +285,8 @@ def analyze_sensitivity(
     round_to: int = 1,
     cache: str | Path | None = None,
     model_name: str = "",
+    blocks: bool = True,
+    block_batches: Sequence[ExampleInputs | torch.Tensor] | None = None,
     log: Log = lambda _: None,
 ) -> Sensitivity:
     """Sweep every prunable group of ``model`` over ``ratios`` and measure ``metric``.
@@ -269,6 +295,10 @@ def analyze_sensitivity(
     go; by default L1 group magnitude. ``cache``: a JSON file written after each group and
     read back on the next call, so an interrupted run resumes; a file from another model,
     metric or ratio sweep is an error, never silently mixed in. The model is left unchanged.
+
+    ``blocks``: also measure dropping each residual block alone (``prunekit.pruning.blocks``:
+    its branch replaced by the branch's mean output over ``block_batches``, by default the
+    metric's calibration batches when it has them, else the example input).
     """
     example = as_example_inputs(example)
     ratios = _check_ratios(ratios)
@@ -352,4 +382,52 @@ def analyze_sensitivity(
         log(f"{key} ({group.size} channels): {len(sens.points)} points, drop up to {worst:.4g}")
         if path is not None:
             result.save(path)
+    if blocks:
+        batches = block_batches or getattr(metric, "batches", None) or [example]
+        _block_sensitivity(model, graph, metric, result, batches, meta_model, meta_example,
+                           path, log)  # fmt: skip
     return result
+
+
+def _block_sensitivity(
+    model: nn.Module,
+    graph: ChannelGraph,
+    metric: Metric,
+    result: Sensitivity,
+    batches: Sequence[Any],
+    meta_model: nn.Module | None,
+    meta_example: ExampleInputs,
+    path: Path | None,
+    log: Log,
+) -> None:
+    """Measure each residual block of ``model`` dropped alone, into ``result.blocks``."""
+    keys = group_keys(graph)
+    for name in find_residual_blocks(model):
+        if name in result.blocks:
+            continue
+        record = drop_blocks(model, [name], batches)
+        try:
+            drop = float(metric(model))
+            params = sum(p.numel() for p in model.parameters())
+            if meta_model is not None:
+                meta_record = drop_blocks(meta_model, [name], [meta_example])
+                try:
+                    macs = count_macs(meta_model, meta_example).total
+                finally:
+                    meta_record.undo()
+            else:
+                macs = count_macs(model, meta_example.to(module_device(model))).total
+        finally:
+            record.undo()
+        inside = [keys[g.id] for g in graph.groups if g.id in keys
+                  and internal_modules(name, g.modules)]  # fmt: skip
+        result.blocks[name] = BlockSensitivity(
+            name,
+            drop if math.isfinite(drop) else float("inf"),
+            macs / result.base_macs,
+            params / result.base_params,
+            inside,
+        )
+        log(f"block {name} dropped: drop {drop:.4g}, {1 - macs / result.base_macs:.1%} MACs saved")
+        if path is not None:
+            result.save(path)
