@@ -69,6 +69,65 @@ def test_sensitivity_plan_prune_round(cli, model_file: str, tmp_path: Path) -> N
     assert refused.code == 1 and "already exists" in refused.err and plan.read_text() == before
 
 
+RESIDUAL_NET = """
+import torch
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self, channels, hidden):
+        super().__init__()
+        self.expand = nn.Conv2d(channels, hidden, 1)
+        self.project = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return x + self.bn(self.project(torch.relu(self.expand(x))))
+
+def net():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), Block(16, 32), Block(16, 64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+    with torch.no_grad():  # the second block's branch is dead: it outputs the constant bias
+        model[3].bn.weight.zero_()
+        model[3].bn.bias.uniform_(-1, 1)
+    return model.eval()
+"""
+
+
+def test_a_plan_that_drops_a_dead_block_round_trips_exactly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    path = tmp_path / "residual_net.py"
+    path.write_text(RESIDUAL_NET)
+    model = [f"{path}:net", "--input-shape", "1,3,16,16"]
+    sens, plan, out = tmp_path / "sens.json", tmp_path / "plan.json", tmp_path / "pruned"
+    measured = cli("sensitivity", *model, "--ratios", "0.5", "--out", str(sens))
+    assert measured.code == 0, measured.err
+    blocks = json.loads(sens.read_text())["blocks"]
+    assert set(blocks) == {"2", "3"} and blocks["3"]["drop"] == pytest.approx(0, abs=1e-9)
+    target = f"macs={blocks['3']['macs_fraction'] + 0.005:.4f}"
+    planned = cli(
+        "plan", *model, "--target", target, "--sensitivity", str(sens), "--out", str(plan)
+    )
+    assert planned.code == 0, planned.err
+    assert json.loads(plan.read_text())["drop_blocks"] == ["3"]
+    assert "3  " in planned.out and "dropped" in planned.out
+    pruned = cli("prune", *model, "--plan", str(plan), "--out", str(out), "--json")
+    assert pruned.code == 0, pruned.err
+    assert pruned.json()["plan"]["drop_blocks"] == ["3"]
+    dense = load_model(f"{path}:net", input_shapes=[(1, 3, 16, 16)])
+    loaded = load_model(str(out))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), dense.model(x), rtol=0, atol=1e-5)
+    no_blocks = cli("plan", *model, "--target", target, "--sensitivity", str(sens),
+                    "--no-blocks", "--out", str(tmp_path / "channels.json"))  # fmt: skip
+    assert no_blocks.code == 0, no_blocks.err
+    assert json.loads((tmp_path / "channels.json").read_text())["drop_blocks"] == []
+
+
 @pytest.mark.parametrize(
     ("command", "message"),
     [

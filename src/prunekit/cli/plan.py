@@ -26,6 +26,11 @@ def register(sub: Any) -> None:
                         help="keep a multiple of N channels per group")  # fmt: skip
     parser.add_argument("--protect", action="append", default=[], metavar="PATTERN",
                         help="never prune groups produced by this module (name or re:regex)")  # fmt: skip
+    parser.add_argument("--latency-weight", type=float, metavar="W",
+                        help="with --lut and a macs/params/bytes target: how much the predicted "
+                        "latency counts next to the predicted drop (default 1; 0 ignores it)")  # fmt: skip
+    parser.add_argument("--no-blocks", dest="blocks", action="store_false",
+                        help="never drop residual blocks, only channels")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="FILE", help="plan file to write")
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
     add_debug(parser)
@@ -53,8 +58,12 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model.eval()
     example = loaded.input_spec.make(1)
     graph = trace_channels(model, example)
+    weight = args.latency_weight
+    if weight is None:
+        weight = 1.0 if lut is not None and target.kind != "latency_ms" else 0.0
     plan = make_plan(model, example, graph, sensitivity, target, lut=lut, round_to=args.round_to,
-                     protect=args.protect, log=say)  # fmt: skip
+                     protect=args.protect, latency_weight=weight, blocks=args.blocks,
+                     log=say)  # fmt: skip
     plan.save(out)
     a = plan.achieved
     print(f"{loaded.name}: plan for {target}")

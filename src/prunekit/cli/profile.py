@@ -49,6 +49,8 @@ def register(sub: Any) -> None:
         metavar="N",
         help="kept channel counts are multiples of N (use the plan's --round-to)",
     )
+    parser.add_argument("--no-blocks", dest="blocks", action="store_false",
+                        help="do not time the model with each residual block dropped")  # fmt: skip
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.model, loaded.input_spec, graph, backend=args.backend, device=args.device,
         batch_size=args.batch_size, threads=args.threads, dtype=args.dtype,
         fractions=fractions, policy=policy, round_to=args.round_to, method=args.method, model_name=loaded.name,
-        log=say,
+        blocks=args.blocks, log=say,
     )  # fmt: skip
     table.save(out, force=args.force)
     _print_human(table, out)

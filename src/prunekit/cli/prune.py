@@ -54,6 +54,9 @@ def register(sub: Any) -> None:
         help="keep a multiple of N channels per group",
     )
     parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn_scale", "random"))
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="with --plan: an image folder whose images set what each dropped "
+                        "residual block adds in place of its branch (default: random inputs)")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--json", action="store_true", help="print the prune.json record on stdout")
@@ -149,7 +152,12 @@ def run(args: argparse.Namespace) -> int:
 
         if args.ignore:
             raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
-        result = apply_plan(model, example, plan, graph=graph)
+        batches = None
+        if plan.drop_blocks:
+            from prunekit.cli.sensitivity import image_batches
+
+            batches = image_batches(args.calibration, loaded, 64, 32, "--calibration")[0]
+        result = apply_plan(model, example, plan, graph=graph, batches=batches)
     else:
         result = prune(model, example, config, graph=graph)
     prune_s = time.perf_counter() - start
@@ -162,7 +170,12 @@ def run(args: argparse.Namespace) -> int:
         "target": {"macs": target, "probes": search.probes if search else []}
         if target is not None
         else None,
-        "plan": {"file": str(args.plan), "target": plan.target, "keep": plan.keep}
+        "plan": {
+            "file": str(args.plan),
+            "target": plan.target,
+            "keep": plan.keep,
+            "drop_blocks": plan.drop_blocks,
+        }
         if plan is not None
         else None,
         "before": {"macs": before_macs, "params": before_params},

@@ -36,6 +36,8 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
     parser.add_argument("--plot", metavar="PNG", help="also plot the curves to this file")
+    parser.add_argument("--no-blocks", dest="blocks", action="store_false",
+                        help="do not measure dropping each residual block")  # fmt: skip
     add_debug(parser)
     parser.set_defaults(handler=run)
 
@@ -54,26 +56,35 @@ def _ratios(text: str) -> list[float]:
 
 def calibration_batches(args: argparse.Namespace, loaded: Any) -> tuple[list[Any], Any]:
     """(input batches, labelled loader or None) from --data, or random inputs without it."""
+    from prunekit.errors import InputSpecError
+
+    if args.data is None and args.metric == "top1":
+        raise InputSpecError("--metric top1 needs labelled images: pass --data DIR")
+    return image_batches(args.data, loaded, args.samples, args.batch_size, "--data")
+
+
+def image_batches(
+    folder: str | None, loaded: Any, samples: int, batch_size: int, option: str
+) -> tuple[list[Any], Any]:
+    """(input batches, labelled loader or None): ``samples`` images of ``folder``, or random
+    inputs without it."""
     import torch
 
     from prunekit.errors import InputSpecError
 
-    if args.samples < 1 or args.batch_size < 1:
+    if samples < 1 or batch_size < 1:
         raise InputSpecError("--samples and --batch-size must be positive")
-    if args.data is None:
-        if args.metric == "top1":
-            raise InputSpecError("--metric top1 needs labelled images: pass --data DIR")
-        say("no --data: measuring on random inputs, a weak proxy; pass an image folder")
-        count = min(args.samples, args.batch_size)
-        return [loaded.input_spec.make(count)], None
+    if folder is None:
+        say(f"no {option}: measuring on random inputs, a weak proxy; pass an image folder")
+        return [loaded.input_spec.make(min(samples, batch_size))], None
     from prunekit.data.image_folder import image_folder_dataset
 
     shape = loaded.input_spec.make(1).tensors()[0].shape
-    dataset = image_folder_dataset(args.data, image_size=shape[-1], resize_size=shape[-1] * 8 // 7)
+    dataset = image_folder_dataset(folder, image_size=shape[-1], resize_size=shape[-1] * 8 // 7)
     generator = torch.Generator().manual_seed(0)
-    indices = torch.randperm(len(dataset), generator=generator)[: args.samples].tolist()
+    indices = torch.randperm(len(dataset), generator=generator)[:samples].tolist()
     subset = torch.utils.data.Subset(dataset, indices)
-    loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size)
     batches = [images for images, _ in loader]
     return batches, loader
 
@@ -95,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     )
     graph = trace_channels(model, example)
     sens = analyze_sensitivity(model, example, graph, metric, ratios=ratios, cache=out,
-                               model_name=loaded.name, log=say)  # fmt: skip
+                               model_name=loaded.name, blocks=args.blocks, block_batches=batches,
+                               log=say)  # fmt: skip
     if args.plot:
         sens.plot(args.plot)
     print(f"{loaded.name}: {len(sens.groups)} groups x {len(ratios)} ratios, metric {sens.metric}")
@@ -105,5 +117,7 @@ def run(args: argparse.Namespace) -> int:
         cells = [by_ratio.get(round(r, 6)) for r in ratios]
         text = " ".join(f"{c:>7.3g}" if c is not None else f"{'-':>7}" for c in cells)
         print(f"{key:<36} {g.size:>5}  {'':13} {text}")
+    for name, b in sens.blocks.items():
+        print(f"block {name:<30} dropped: drop {b.drop:.3g}, MACs kept {b.macs_fraction:.1%}")
     print(f"wrote {out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
