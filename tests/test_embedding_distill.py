@@ -144,3 +144,18 @@ def test_student_trains_without_dropout_unless_asked() -> None:
     noisy = distill_embeddings(student, teacher, _batches(), epochs=1, lr=1e-3, hidden_weight=1.0,
                                dropout=True)  # fmt: skip
     assert noisy.first_loss > 0.01
+
+
+def test_word_embeddings_stay_frozen_unless_asked() -> None:
+    teacher, student = _damaged_pair()
+    words = student.get_input_embeddings().weight
+    before, others = (
+        words.detach().clone(),
+        student.encoder.layer[0].output.dense.weight.detach().clone(),
+    )
+    distill_embeddings(student, teacher, _batches(2), epochs=2, lr=1e-2)
+    assert torch.equal(words, before)  # not trained...
+    assert words.requires_grad  # ...and handed back trainable
+    assert not torch.equal(student.encoder.layer[0].output.dense.weight, others)
+    distill_embeddings(student, teacher, _batches(2), epochs=2, lr=1e-2, train_embeddings=True)
+    assert not torch.equal(words, before)
