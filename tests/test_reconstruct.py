@@ -195,3 +195,46 @@ def test_bad_input_is_refused() -> None:
         reconstruct_linears(student, teacher, _batches(), ridge=-1.0)
     with pytest.raises(RecoveryError, match=r"not an nn\.Linear"):
         reconstruct_linears(student, teacher, _batches(), names=["1"])
+
+
+class _Output(nn.Module):
+    """A Hugging Face BERT-style output block: ``LayerNorm(dense(hidden_states) + input_tensor)``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.LayerNorm = nn.LayerNorm(width)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(hidden_states) + input_tensor)
+
+
+class _ResidualNet(nn.Module):
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.skip = nn.Linear(width, width)
+        self.output = _Output(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(x, input_tensor=self.skip(x))
+
+
+def test_residual_targets_correct_what_pruning_changed_upstream() -> None:
+    # The student's residual branch differs from the teacher's by a linear map E of the
+    # block's input: dense' = dense - E makes the LayerNorm see exactly the teacher's sum.
+    # Matching the dense layer's own output cannot see that; matching what the teacher
+    # feeds the LayerNorm, less the student's residual, recovers the teacher exactly.
+    torch.manual_seed(0)
+    teacher = _ResidualNet().eval()
+    errors = {}
+    for residual in (False, True):
+        student = copy.deepcopy(teacher)
+        with torch.no_grad():
+            student.skip.weight.add_(0.3 * torch.randn(6, 6))
+        refits = reconstruct_linears(student, teacher, _batches(), ["output.dense"], ridge=0.0,
+                                     residual=residual)  # fmt: skip
+        x = _batches(seed=7, n=1)[0]
+        with torch.no_grad():
+            errors[residual] = float((student(x) - teacher(x)).abs().max())
+        assert refits[0].kept or not residual
+    assert errors[True] < 1e-4 < 0.1 < errors[False]

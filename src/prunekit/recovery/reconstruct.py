@@ -23,6 +23,7 @@ not grow with the calibration set; padded tokens (``attention_mask == 0``) are l
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,38 +87,81 @@ class _Captured(Exception):
     """Raised by a hook once the wanted input is seen: the rest of the forward is not needed."""
 
 
-def _student_inputs(model: nn.Module, name: str, batch: Any, forward: Forward) -> torch.Tensor:
-    """The input of ``name`` in ``model`` on ``batch``; the forward pass stops right there."""
+def _parent(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name.rpartition(".")[0])
+
+
+def _residual_argument(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The residual ``input_tensor`` a Hugging Face BERT-style output block (``LayerNorm(
+    dense(hidden_states) + input_tensor)``) is called with, else None."""
+    if "input_tensor" in kwargs:
+        return kwargs["input_tensor"]
+    try:
+        parameters = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    if "input_tensor" in parameters and parameters.index("input_tensor") < len(args):
+        return args[parameters.index("input_tensor")]
+    return None
+
+
+def _student_inputs(
+    model: nn.Module, name: str, batch: Any, forward: Forward, residual: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The input of ``name`` in ``model`` on ``batch`` and, with ``residual``, the residual
+    its block adds to its output (None when there is none); the pass stops right there."""
     seen: list[torch.Tensor] = []
+    residuals: list[Any] = []
+
+    def block_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        residuals.append(_residual_argument(module, args, kwargs))
 
     def hook(_: nn.Module, inputs: tuple[Any, ...]) -> None:
         seen.append(inputs[0])
         raise _Captured
 
-    handle = model.get_submodule(name).register_forward_pre_hook(hook)
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook)]
+    if residual:
+        handles.append(_parent(model, name).register_forward_pre_hook(block_hook, with_kwargs=True))
     try:
         forward(model, batch)
     except _Captured:
         pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if not seen:
         raise RecoveryError(f"{name} did not run in the forward pass; cannot refit it")
-    return _tokens(seen[0].detach(), batch).to(torch.float64)
+    found = residuals[0] if residuals else None
+    rows = _tokens(found.detach(), batch).to(torch.float64) if found is not None else None
+    return _tokens(seen[0].detach(), batch).to(torch.float64), rows
 
 
 def _teacher_outputs(
-    model: nn.Module, names: Sequence[str], batch: Any, forward: Forward
+    model: nn.Module, names: Sequence[str], batch: Any, forward: Forward, residual: bool
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The outputs of every Linear in ``names`` on ``batch`` and the model's output
-    (``_output_rows``), from one forward pass."""
+    """The outputs of every Linear in ``names`` on ``batch`` (with ``residual``, plus the
+    residual their block adds) and the model's output (``_output_rows``), from one pass."""
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    added: dict[str, Any] = {}
     handles = [
         model.get_submodule(name).register_forward_hook(
             lambda _m, _i, out, name=name: seen[name].append(out.detach())
         )
         for name in names
     ]
+
+    def keep_residual(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            added.setdefault(name, _residual_argument(module, args, kwargs))
+
+        return hook
+
+    if residual:
+        handles += [
+            _parent(model, name).register_forward_pre_hook(keep_residual(name), with_kwargs=True)
+            for name in names
+        ]
     try:
         result = _output_rows(forward(model, batch), batch)
     finally:
@@ -128,7 +172,11 @@ def _teacher_outputs(
             raise RecoveryError(
                 f"{name} ran {len(outputs)} times in one forward pass; cannot refit it"
             )
-    layers = {name: _tokens(out[0], batch).to(torch.float32) for name, out in seen.items()}
+    layers = {}
+    for name, out in seen.items():
+        extra = added.get(name)
+        total = out[0] + extra.detach() if extra is not None else out[0]
+        layers[name] = _tokens(total, batch).to(torch.float32)
     return layers, result
 
 
@@ -158,6 +206,7 @@ def reconstruct_linears(
     names: Sequence[str] | None = None,
     *,
     ridge: float = 1e-2,
+    residual: bool = True,
     forward: Forward = _call,
 ) -> list[Refit]:
     """Refit ``names`` (default: ``pruned_input_linears``) of ``student`` in place, in order.
@@ -168,6 +217,13 @@ def reconstruct_linears(
     closer to the dense model's on the calibration data (``Refit.kept``). The dense layers'
     outputs come from one teacher pass per batch; each student pass for a refit stops at the
     Linear being refitted, and one more full pass checks the model's output.
+
+    ``residual``: where the Linear's block adds a residual to its output before normalising
+    (Hugging Face BERT-style ``...Output`` blocks, ``LayerNorm(dense(h) + input_tensor)``),
+    the target is what the dense model feeds that LayerNorm minus the residual the *pruned*
+    model brings: the refit then also corrects what pruning changed upstream in the
+    residual stream, instead of reproducing a dense output that the pruned stream no longer
+    matches.
     """
     if not batches:
         raise RecoveryError("reconstruction needs at least one calibration batch")
@@ -183,7 +239,8 @@ def reconstruct_linears(
     teacher.eval()
     try:
         targets, outputs = zip(
-            *(_teacher_outputs(teacher, names, batch, forward) for batch in batches), strict=True
+            *(_teacher_outputs(teacher, names, batch, forward, residual) for batch in batches),
+            strict=True,
         )
         error = _output_error(student, batches, outputs, forward)
         refits = []
@@ -191,7 +248,7 @@ def reconstruct_linears(
             linear = student.get_submodule(name)
             saved = [p.detach().clone() for p in linear.parameters(recurse=False)]
             layer_before, layer_after = _refit(
-                student, name, batches, [t[name] for t in targets], ridge, forward
+                student, name, batches, [t[name] for t in targets], ridge, forward, residual
             )
             after = _output_error(student, batches, outputs, forward)
             # A refit that matches its own layer better can still move the model's output
@@ -216,6 +273,7 @@ def _refit(
     targets: Sequence[torch.Tensor],
     ridge: float,
     forward: Forward,
+    residual: bool,
 ) -> tuple[float, float]:
     """Solve and apply the refit; the layer's relative errors before and after."""
     linear = student.get_submodule(name)
@@ -233,8 +291,10 @@ def _refit(
     old = old.to(torch.float64).T
     old_error = 0.0
     for batch, target in zip(batches, targets, strict=True):
-        x = _student_inputs(student, name, batch, forward)
+        x, student_residual = _student_inputs(student, name, batch, forward, residual)
         y = target.to(torch.float64)
+        if student_residual is not None:
+            y = y - student_residual  # the target held the dense model's residual too
         if x.shape[0] != y.shape[0]:
             raise RecoveryError(
                 f"{name}: the student gives {x.shape[0]} input rows but the teacher "
