@@ -263,6 +263,7 @@ def part_b(args: argparse.Namespace) -> dict[str, Any]:
     plan = make_plan(dense, x, graph, sens, Target("macs", TARGET), lut=lut,
                      latency_weight=args.latency_weight, round_to=args.round_to, log=log)  # fmt: skip
     plan.save(cache / "plan224.json")
+    log(f"plan: {len(plan.drop_blocks)} residual blocks dropped ({', '.join(plan.drop_blocks)})")
     ours = copy.deepcopy(dense)
     apply_plan(ours, x, plan, graph=graph, batches=calibration)
     tp_model = torch_pruning_uniform(dense, 224, dense_macs)
@@ -297,7 +298,8 @@ def print_b(result: dict[str, Any]) -> None:
     print(f"{'method':15} {'MACs':>6} " + " ".join(f"{k:>22}" for k in keys))
     for name, r in rows.items():
         cells = " ".join(
-            f"{r['latency_ms'][k]:7.2f}ms {r['speedup'][k]:4.2f}x ({r['speedup'][k] / ideal:4.2f})"
+            f"{r['latency_ms'][k]:7.2f}ms {r['speedup'][k]:4.2f}x "
+            + (f"({r['speedup'][k] / ideal:4.2f})" if name != "dense" else "      ")
             for k in keys
         )
         print(f"{name:15} {r['macs']:6.1%} {cells}")
