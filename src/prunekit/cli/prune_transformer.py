@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
 # Sentences the refit uses: on MiniLM with half its heads, one-shot Spearman 0.847 went to
 # 0.876 with 1024 and 0.883 with 2048 (256 gave no gain); each costs a few passes.
 RECONSTRUCT_SENTENCES = 2048
+# the teacher's hidden states are kept (not recomputed every step) when they fit in this
+CACHE_BYTES = 2 * 1024**3
 
 
 def dense_after_layer_drop(dense: Any, result: Any) -> Any:
@@ -117,11 +119,16 @@ def run(args: argparse.Namespace) -> int:
             f"{sum(r.error_before for r in refits) / len(refits):.3f} -> "
             f"{sum(r.error_after for r in refits) / len(refits):.3f}")  # fmt: skip
     if args.distill_seconds:
-        batches = sentence_batches(tokenizer, sentences, 32, length)
+        # batches of sentences of similar length: little padding, more sentences per second
+        batches = sentence_batches(tokenizer, sorted(sentences, key=len), 32, length)
         # token hidden states are matched layer by layer, which needs the teacher's depth
         hidden = 0.0 if config.layers else 1.0
+        settings: Any = dense.config
+        states = (int(settings.num_hidden_layers) + 1) * int(settings.hidden_size) * 2  # fp16
+        tokens = sum(int(b["attention_mask"].numel()) for b in batches)
         distill_embeddings(model, dense, batches, time_budget_s=args.distill_seconds,
-                           hidden_weight=hidden, log=say)  # fmt: skip
+                           hidden_weight=hidden, cache_teacher=tokens * states < CACHE_BYTES,
+                           log=say)  # fmt: skip
         model.eval()
     with torch.no_grad():
         quality = fidelity(embed(dense, tokenizer, sentences, max_length=length),
