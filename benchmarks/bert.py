@@ -41,7 +41,7 @@ from transformers import AutoModel, AutoTokenizer
 from prunekit.data import load_sentences
 from prunekit.evaluate.embedding import embed, fidelity, sentence_batches
 from prunekit.inputs import TensorSpec
-from prunekit.measure.latency import TimingPolicy, measure_latency
+from prunekit.measure.compare import compare_latency
 from prunekit.pruning.transformer import TransformerPruning, prune_transformer
 from prunekit.recovery.embedding_distill import distill_embeddings
 from prunekit.recovery.reconstruct import reconstruct_linears
@@ -179,22 +179,31 @@ def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def latency_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds (``measure.compare``): every model timed once per round, the speedup
+    the median of the per-round ratios, so drifts of this shared machine hit all alike."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     corpus = corpus_sentences(args.corpus)
     calibration = sentence_batches(tokenizer, corpus[:CALIBRATION], 16, 64)
-    policy = TimingPolicy(min_time_s=2.0, max_time_s=15.0)
-    rows = []
-    for heads, ffn in [(0.0, 0.0), *((h, 0.0) for h in HEADS), *WITH_FFN]:
+    configs = [(0.0, 0.0), *((h, 0.0) for h in HEADS), *WITH_FFN]
+    models = {}
+    for heads, ffn in configs:
         if heads or ffn:
             model = pruned(TransformerPruning(heads=heads, ffn=ffn), tokenizer, calibration)
         else:
             model = AutoModel.from_pretrained(model_dir()).eval()
-        spec = TensorSpec(((1, SEQ),), integer_high=30000)  # token ids, no padding
-        report = measure_latency(model, spec, [1, 32], threads=args.threads, policy=policy)
-        ms = {r.summary.batch_size: r.summary.median_ms for r in report.results}
-        rows.append({"heads": heads, "ffn": ffn, "b1_ms": ms[1], "b32_ms": ms[32],
-                     "params": sum(p.numel() for p in model.parameters())})  # fmt: skip
-        log(f"heads {heads:.0%} ffn {ffn:.0%}: b1 {ms[1]:.2f} ms, b32 {ms[32]:.1f} ms")
+        models[f"{heads}:{ffn}"] = model
+    spec = TensorSpec(((1, SEQ),), integer_high=30000)  # token ids, no padding
+    comparisons = compare_latency(models, spec, [1, 32], threads=args.threads, rounds=5)
+    by_batch = {c.batch_size: c for c in comparisons}
+    rows = []
+    for (heads, ffn), (name, model) in zip(configs, models.items(), strict=True):
+        row = {"heads": heads, "ffn": ffn, "params": sum(p.numel() for p in model.parameters())}
+        for b in (1, 32):
+            row[f"b{b}_ms"] = by_batch[b].median_ms(name)
+            row[f"b{b}_speedup"] = by_batch[b].speedup(name)
+        rows.append(row)
+        log(f"heads {heads:.0%} ffn {ffn:.0%}: b1 {row['b1_ms']:.2f} ms "
+            f"({row['b1_speedup']:.2f}x), b32 {row['b32_ms']:.1f} ms ({row['b32_speedup']:.2f}x)")  # fmt: skip
     return {"rows": rows}
 
 
@@ -207,13 +216,12 @@ def print_tables(results: dict[str, Any]) -> None:
                   f"{r['spearman']:9.4f} {r['mean_cosine']:8.4f}")  # fmt: skip
     if "latency" in results:
         rows = results["latency"]["rows"]
-        dense = rows[0]
-        print(f"\nlatency, eager, sequence {SEQ} (speedup vs dense)")
+        print(f"\nlatency, eager, sequence {SEQ} (speedup vs dense: median of interleaved rounds)")
         print(f"{'heads':>6} {'ffn':>5} {'params':>11} {'batch 1':>16} {'batch 32':>17}")
         for r in rows:
             print(f"{r['heads']:6.0%} {r['ffn']:5.0%} {r['params']:11,} "
-                  f"{r['b1_ms']:8.2f} ms {dense['b1_ms'] / r['b1_ms']:4.2f}x "
-                  f"{r['b32_ms']:8.1f} ms {dense['b32_ms'] / r['b32_ms']:4.2f}x")  # fmt: skip
+                  f"{r['b1_ms']:8.2f} ms {r['b1_speedup']:4.2f}x "
+                  f"{r['b32_ms']:8.1f} ms {r['b32_speedup']:4.2f}x")  # fmt: skip
 
 
 def main() -> None:
