@@ -89,3 +89,29 @@ def say(message: str) -> None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def image_batches(
+    folder: str | None, loaded: Any, samples: int, batch_size: int, option: str
+) -> tuple[list[Any], Any]:
+    """(input batches, labelled loader or None): ``samples`` images of ``folder``, or random
+    inputs without it."""
+    import torch
+
+    from prunekit.errors import InputSpecError
+
+    if samples < 1 or batch_size < 1:
+        raise InputSpecError("--samples and --batch-size must be positive")
+    if folder is None:
+        say(f"no {option}: measuring on random inputs, a weak proxy; pass an image folder")
+        return [loaded.input_spec.make(min(samples, batch_size))], None
+    from prunekit.data.image_folder import image_folder_dataset
+
+    shape = loaded.input_spec.make(1).tensors()[0].shape
+    dataset = image_folder_dataset(folder, image_size=shape[-1], resize_size=shape[-1] * 8 // 7)
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randperm(len(dataset), generator=generator)[:samples].tolist()
+    subset = torch.utils.data.Subset(dataset, indices)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size)
+    batches = [images for images, _ in loader]
+    return batches, loader

@@ -7,7 +7,13 @@ import time
 from typing import Any
 
 from prunekit.cli import prune_transformer
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json
+from prunekit.cli._common import (
+    add_debug,
+    add_model_arguments,
+    image_batches,
+    load_from_args,
+    print_json,
+)
 
 
 def register(sub: Any) -> None:
@@ -154,8 +160,6 @@ def run(args: argparse.Namespace) -> int:
             raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
         batches = None
         if plan.drop_blocks:
-            from prunekit.cli.sensitivity import image_batches
-
             batches = image_batches(args.calibration, loaded, 64, 32, "--calibration")[0]
         result = apply_plan(model, example, plan, graph=graph, batches=batches)
     else:

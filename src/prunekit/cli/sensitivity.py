@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, say
+from prunekit.cli._common import (
+    add_debug,
+    add_model_arguments,
+    image_batches,
+    load_from_args,
+    say,
+)
 
 
 def register(sub: Any) -> None:
@@ -61,32 +67,6 @@ def calibration_batches(args: argparse.Namespace, loaded: Any) -> tuple[list[Any
     if args.data is None and args.metric == "top1":
         raise InputSpecError("--metric top1 needs labelled images: pass --data DIR")
     return image_batches(args.data, loaded, args.samples, args.batch_size, "--data")
-
-
-def image_batches(
-    folder: str | None, loaded: Any, samples: int, batch_size: int, option: str
-) -> tuple[list[Any], Any]:
-    """(input batches, labelled loader or None): ``samples`` images of ``folder``, or random
-    inputs without it."""
-    import torch
-
-    from prunekit.errors import InputSpecError
-
-    if samples < 1 or batch_size < 1:
-        raise InputSpecError("--samples and --batch-size must be positive")
-    if folder is None:
-        say(f"no {option}: measuring on random inputs, a weak proxy; pass an image folder")
-        return [loaded.input_spec.make(min(samples, batch_size))], None
-    from prunekit.data.image_folder import image_folder_dataset
-
-    shape = loaded.input_spec.make(1).tensors()[0].shape
-    dataset = image_folder_dataset(folder, image_size=shape[-1], resize_size=shape[-1] * 8 // 7)
-    generator = torch.Generator().manual_seed(0)
-    indices = torch.randperm(len(dataset), generator=generator)[:samples].tolist()
-    subset = torch.utils.data.Subset(dataset, indices)
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size)
-    batches = [images for images, _ in loader]
-    return batches, loader
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from prunekit.planning.fingerprint import check_fingerprint, fingerprint, group_
 from prunekit.planning.planner import Plan, PlanError
 from prunekit.pruning import PruneResult, StructuredPruning, prune
 from prunekit.pruning._tensors import named_tensors
-from prunekit.pruning.blocks import drop_blocks, find_residual_blocks
+from prunekit.pruning.blocks import drop_blocks, is_residual_block
 
 
 def apply_plan(
@@ -62,13 +62,11 @@ def apply_plan(
             if not group.prunable:
                 raise PlanError(f"the plan prunes group {key}, which cannot be pruned")
             keep[group.id] = kept
-    if plan.drop_blocks:
-        find_blocks = find_residual_blocks(model)
-        missing = [name for name in plan.drop_blocks if name not in find_blocks]
-        if missing:
-            raise PlanError(
-                f"the plan drops {', '.join(missing)}, which this model has no residual block by"
-            )
+    missing = [name for name in plan.drop_blocks if not is_residual_block(model, name)]
+    if missing:
+        raise PlanError(
+            f"the plan drops {', '.join(missing)}, which this model has no residual block by"
+        )
     config = StructuredPruning(importance=plan.importance)
     result = prune(model, example, config, graph=graph, scores=scores, keep=keep)
     # after the channel cuts, so that each branch's mean output has the pruned width

@@ -643,11 +643,8 @@ def profile_latency(
         if modelled is not None:
             ms = modelled.predict([], dropped=[name]) * base_start / modelled.profile.total_ms
         else:
-            dropped = drop_blocks(work, [name], [spec.make(1).to(dev, DTYPES[dtype])])
-            try:
+            with drop_blocks(work, [name], [spec.make(1).to(dev, DTYPES[dtype])]):
                 ms = measure()
-            finally:
-                dropped.undo()
         block_ms[name] = ms
         say(f"  block {name} dropped -> {ms:.3f} ms")
     base_end = measure() if modelled is None else base_start

@@ -134,17 +134,14 @@ class ModuleLatencyModel:
         """``dropped``: residual blocks whose branch goes (its modules' time with it)."""
         record = remove_atoms(self.meta, removals, self.index)  # type: ignore[arg-type]
         try:
-            blocks = drop_blocks(self.meta, dropped, [self.example])
-            try:
+            with drop_blocks(self.meta, dropped, [self.example]):
                 work = self._work()
-            finally:
-                blocks.undo()
         finally:
             record.undo()
         modelled = self.profile.outside_ms
         prefixes = tuple(f"{name}." for name in dropped)
         for name, ms in self.profile.module_ms.items():
-            if name.startswith(prefixes) or name in dropped:
+            if name.startswith(prefixes):
                 continue  # its time goes with the block's branch
             (macs, size), (dense_macs, dense_size) = work[name], self.dense[name]
             if dense_macs > 0:

@@ -305,13 +305,10 @@ class _Costs:
                 removals += self.removals[(key, kept)]
             record = remove_atoms(self.meta, removals, self.index)
             try:
-                blocks = drop_blocks(self.meta, dropped, [self.example])
-                try:
+                with drop_blocks(self.meta, dropped, [self.example]):
                     macs = float(count_macs(self.meta, self.example).total)
                     params = float(sum(p.numel() for p in self.meta.parameters()))
                     size = float(sum(p.numel() * p.element_size() for p in self.meta.parameters()))
-                finally:
-                    blocks.undo()
             finally:
                 record.undo()
             result = {"macs": macs, "params": params, "bytes": size}

@@ -405,20 +405,14 @@ def _block_sensitivity(
     for name in find_residual_blocks(model):
         if name in result.blocks:
             continue
-        record = drop_blocks(model, [name], batches)
-        try:
+        with drop_blocks(model, [name], batches):
             drop = float(metric(model))
             params = sum(p.numel() for p in model.parameters())
             if meta_model is not None:
-                meta_record = drop_blocks(meta_model, [name], [meta_example])
-                try:
+                with drop_blocks(meta_model, [name], [meta_example]):
                     macs = count_macs(meta_model, meta_example).total
-                finally:
-                    meta_record.undo()
             else:
                 macs = count_macs(model, meta_example.to(module_device(model))).total
-        finally:
-            record.undo()
         inside = [keys[g.id] for g in graph.groups if g.id in keys
                   and internal_modules(name, g.modules)]  # fmt: skip
         result.blocks[name] = BlockSensitivity(

@@ -130,12 +130,21 @@ def find_residual_blocks(model: nn.Module) -> list[str]:
     ]
 
 
-def _pattern(model: nn.Module, name: str) -> tuple[tuple[nn.Module, ...], fx.GraphModule]:
+def _found(model: nn.Module, name: str) -> tuple[tuple[nn.Module, ...], fx.GraphModule] | None:
     try:
         module = model.get_submodule(name)
     except AttributeError:
-        module = None
-    found = residual_pattern(module) if module is not None else None
+        return None
+    return residual_pattern(module)
+
+
+def is_residual_block(model: nn.Module, name: str) -> bool:
+    """True when ``model`` has a module ``name`` computing ``tail(x + branch(x))``."""
+    return _found(model, name) is not None
+
+
+def _pattern(model: nn.Module, name: str) -> tuple[tuple[nn.Module, ...], fx.GraphModule]:
+    found = _found(model, name)
     if found is None:
         candidates = find_residual_blocks(model)
         listed = ", ".join(candidates[:6]) + (", ..." if len(candidates) > 6 else "")
@@ -189,7 +198,8 @@ def branch_mean(
 
 @dataclass
 class DropRecord:
-    """What ``drop_blocks`` replaced, to put back with ``undo``."""
+    """What ``drop_blocks`` replaced, to put back with ``undo`` (or on leaving a ``with``
+    block, for a rehearsal: ``with drop_blocks(...): measure()``)."""
 
     replaced: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
 
@@ -197,6 +207,12 @@ class DropRecord:
         for parent, attr, original in reversed(self.replaced):
             setattr(parent, attr, original)
         self.replaced.clear()
+
+    def __enter__(self) -> DropRecord:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.undo()
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
