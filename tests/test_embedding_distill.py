@@ -173,3 +173,26 @@ def test_a_cached_teacher_trains_the_student_like_a_running_one() -> None:
     assert cached.first_loss == pytest.approx(plain.first_loss, rel=1e-3)
     assert cached.last_loss == pytest.approx(plain.last_loss, rel=2e-2)
     torch.testing.assert_close(w_cached, w_plain, rtol=0, atol=2e-3)
+
+
+def test_bfloat16_autocast_runs_the_matmuls_in_bfloat16_and_still_recovers() -> None:
+    teacher, student = _damaged_pair()
+    seen: list[torch.dtype] = []
+    linear = student.encoder.layer[0].output.dense
+    handle = linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    plain_teacher, plain_student = _damaged_pair()
+    plain = distill_embeddings(plain_student, plain_teacher, _batches(), epochs=15, lr=1e-3,
+                               hidden_weight=1.0)  # fmt: skip
+    fast = distill_embeddings(student, teacher, _batches(), epochs=15, lr=1e-3, hidden_weight=1.0,
+                              autocast=torch.bfloat16)  # fmt: skip
+    handle.remove()
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # weights stay float32
+    # the same loss at the start within bfloat16's precision (8 bits of mantissa), and the
+    # same recovery at the end
+    assert fast.first_loss == pytest.approx(plain.first_loss, rel=5e-2)
+    assert fast.last_loss < 0.25 * fast.first_loss
+    assert fast.last_loss == pytest.approx(plain.last_loss, rel=0.3)
+    batch = _batches(1)[0]
+    with torch.no_grad():  # and the model runs in float32 again afterwards
+        assert student(**batch).last_hidden_state.dtype == torch.float32

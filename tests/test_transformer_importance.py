@@ -35,6 +35,7 @@ from prunekit.errors import DataError
 from prunekit.evaluate import embed, fidelity, sentence_batches
 from prunekit.graph import ChannelGraph, Group, trace_channels
 from prunekit.pruning import PruneConfigError, prune
+from prunekit.pruning.transformer import TransformerPruning, global_keep, prune_transformer
 
 transformers = pytest.importorskip("transformers")
 
@@ -282,6 +283,32 @@ def test_pruning_by_head_importance_removes_the_lowest_scored_heads(bert: Any) -
             h.remove()
     with torch.no_grad():
         torch.testing.assert_close(pruned(**x).last_hidden_state, expected)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_ffn_allocation_global_or_uniform_keeps_each_layers_top_neurons(
+    bert: Any, allocation: str
+) -> None:
+    model, graph = bert
+    calibration = [_inputs(4, 7, seed) for seed in range(2)]
+    scores = ffn_importance(model, graph, calibration)
+    mapped = _mapped(scores, graph, "ffn")
+    ffns = [t for t in transformer_groups(model, graph) if t.kind == "ffn"]
+    ranked = [np.asarray(scores[t.group_id]) for t in ffns]
+    expected = {"global": global_keep([FFN] * LAYERS, ranked, 0.5, "ffn"),
+                "uniform": [FFN // 2] * LAYERS}[allocation]  # fmt: skip
+    assert expected[0] != expected[1] or allocation == "uniform"  # global is uneven here
+    pruned = copy.deepcopy(model)
+    config = TransformerPruning(ffn=0.5, ffn_allocation=allocation)
+    result = prune_transformer(pruned, _example(), calibration, config)
+    assert result.ffn == expected and sum(result.ffn) == FFN * LAYERS // 2
+    for layer, (dense, kept) in enumerate(zip(model.encoder.layer, pruned.encoder.layer,
+                                              strict=True)):  # fmt: skip
+        top = np.sort(np.argsort(mapped[layer])[FFN - expected[layer] :])
+        torch.testing.assert_close(kept.intermediate.dense.weight,
+                                   dense.intermediate.dense.weight[top])  # fmt: skip
+    with pytest.raises(PruneConfigError, match="unknown ffn_allocation 'even'"):
+        TransformerPruning(ffn=0.5, ffn_allocation="even")
 
 
 def test_head_importance_refuses_what_it_cannot_compute(bert: Any) -> None:

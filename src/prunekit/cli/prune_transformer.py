@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
     parser.add_argument("--criterion", default="importance",
                         choices=("importance", "magnitude", "random"),
                         help="transformers: how heads / neurons / layers are ranked")  # fmt: skip
+    for kind, what in (("head", "heads"), ("ffn", "FFN neurons")):
+        # default None: TransformerPruning's own default applies (prunekit.pruning.transformer)
+        parser.add_argument(f"--{kind}-allocation", choices=("global", "uniform"),
+                            help=f"transformers: how many {what} each layer keeps: global "
+                            "ranks all layers' scores together, uniform cuts every layer by "
+                            "the same fraction")  # fmt: skip
     parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
                         help="transformers: skip the least-squares refit of the projections "
                         "that read removed heads / neurons (on by default, seconds)")  # fmt: skip
@@ -84,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputSpecError(
             "--heads/--ffn/--layers cannot be combined with --ratio/--target/--plan"
         )
+    allocations = {f"{kind}_allocation": getattr(args, f"{kind}_allocation")
+                   for kind in ("head", "ffn") if getattr(args, f"{kind}_allocation")}  # fmt: skip
     config = TransformerPruning(heads=args.heads or 0.0, ffn=args.ffn, layers=args.layers,
-                                criterion=args.criterion)  # fmt: skip
+                                criterion=args.criterion, **allocations)  # fmt: skip
     if args.distill_seconds < 0:
         raise InputSpecError("--distill-seconds must be >= 0")
     sentences = load_sentences(args.data)
@@ -136,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "model": loaded.name,
         "config": {"heads": config.heads, "ffn": config.ffn, "layers": config.layers,
-                   "criterion": config.criterion, "distill_seconds": args.distill_seconds,
+                   "criterion": config.criterion, "head_allocation": config.head_allocation,
+                   "ffn_allocation": config.ffn_allocation,
+                   "distill_seconds": args.distill_seconds,
                    "reconstruct": bool(refits)},
         "reconstruction": [vars(r) for r in refits],
         **result.to_dict(),

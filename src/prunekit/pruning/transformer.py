@@ -1,11 +1,20 @@
 """Prune a Hugging Face encoder: whole layers, attention heads and FFN neurons, by importance.
 
 The order follows the expert recipe: drop the layers whose removal changes the output least
-(``criteria.layer_importance``), then remove heads and FFN neurons ranked *globally* by their
-importance normalised per layer (Michel et al. 2019 prune heads globally this way: a layer
-whose heads all matter keeps them, a redundant layer loses many). Every layer keeps at least
-one head and one FFN neuron; asking for more than that allows is an error that says how far
-the ratio can go (drop layers instead, ``layers=``).
+(``criteria.layer_importance``), then remove heads and FFN neurons by importance. How many
+each layer keeps is the ``allocation``:
+
+* ``global``: all layers' scores, normalised per layer, ranked together (Michel et al. 2019
+  prune heads globally this way: a layer whose heads all matter keeps them, a redundant layer
+  loses many). The default for heads.
+* ``uniform``: every layer loses the same fraction, its lowest-scored atoms. The default for
+  FFN neurons: on all-MiniLM-L6-v2 at half its heads and half its FFN neurons, global ranking
+  left layer 0 with 200 of 1,536 neurons, and uniform allocation was closer to the dense
+  model (Spearman after refit 0.823 against 0.812; after 600 s of distillation 0.904 against
+  0.896).
+
+Every layer keeps at least one head and one FFN neuron; asking for more than that allows is
+an error that says how far the ratio can go (drop layers instead, ``layers=``).
 
 Criteria: ``importance`` (mask-gradient importance, ``criteria.head_importance`` /
 ``ffn_importance``; label-free embedding sensitivity unless a ``loss_fn`` is given),
@@ -28,6 +37,7 @@ from prunekit.pruning import PruneResult, StructuredPruning, prune
 from prunekit.pruning.config import PruneConfigError
 
 CRITERIA = ("importance", "magnitude", "random")
+ALLOCATIONS = ("global", "uniform")
 Log = Callable[[str], None]
 
 
@@ -38,6 +48,10 @@ class TransformerPruning:
     layers: int = 0  # whole encoder layers to drop
     criterion: str = "importance"
     seed: int = 0
+    # how many heads / neurons each layer keeps: "global" ranks all layers' scores together
+    # (a redundant layer loses more), "uniform" takes the same fraction from every layer
+    head_allocation: str = "global"
+    ffn_allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         for name in ("heads", "ffn"):
@@ -46,6 +60,12 @@ class TransformerPruning:
                 raise PruneConfigError(f"{name} must be a fraction in [0, 1), got {value!r}")
         if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
             raise PruneConfigError(f"layers must be a non-negative integer, got {self.layers!r}")
+        for name in ("head_allocation", "ffn_allocation"):
+            if getattr(self, name) not in ALLOCATIONS:
+                raise PruneConfigError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of: "
+                    f"{', '.join(ALLOCATIONS)}"
+                )
         if self.criterion not in CRITERIA:
             raise PruneConfigError(
                 f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
@@ -94,6 +114,12 @@ def global_keep(
             keep[g] -= 1
             removed += 1
     return keep
+
+
+def uniform_keep(sizes: Sequence[int], fraction: float) -> list[int]:
+    """How many atoms each group keeps when ``fraction`` of each group's atoms go (rounded
+    down, so every group keeps at least one while ``fraction < 1``)."""
+    return [size - math.floor(fraction * size + 1e-9) for size in sizes]
 
 
 def _scores(
@@ -177,7 +203,12 @@ def prune_transformer(
         for gid, why in fallback.items():
             result.fallback[str(gid)] = why
         chosen = [found[m.group.id] for m in members]
-        kept = global_keep([m.group.size for m in members], chosen, fraction, kind)
+        sizes = [m.group.size for m in members]
+        allocation = config.head_allocation if kind == "heads" else config.ffn_allocation
+        if allocation == "uniform":
+            kept = uniform_keep(sizes, fraction)
+        else:
+            kept = global_keep(sizes, chosen, fraction, kind)
         for member, k in zip(members, kept, strict=True):
             keep[member.group.id] = k
             scores[member.group.id] = found[member.group.id]

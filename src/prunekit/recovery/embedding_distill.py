@@ -112,6 +112,7 @@ def distill_embeddings(
     dropout: bool = False,
     train_embeddings: bool = False,
     cache_teacher: bool = False,
+    autocast: torch.dtype | None = None,
     embedding_fn: Embedding = sentence_embedding,
     log: Callable[[str], None] = lambda _: None,
 ) -> EmbeddingDistillResult:
@@ -129,13 +130,24 @@ def distill_embeddings(
     ``cache_teacher`` (with ``hidden_weight``): run the teacher once over every batch up front
     and keep its hidden states (in float16, ``layers x tokens x hidden x 2`` bytes per
     batch) instead of running it at every step -- about a third of a step's time, so more
-    epochs fit a time budget when the memory is there. The pass counts against the budget."""
+    epochs fit a time budget when the memory is there. The pass counts against the budget.
+
+    ``autocast`` (``torch.bfloat16``, or ``torch.float16`` on CUDA): run the forward passes
+    under ``torch.autocast``; the weights and the optimiser stay float32. Most of a step is
+    matrix products, so on CPUs with bfloat16 instructions (AVX-512 BF16, AMX) more steps fit
+    the time budget (AVX-512 BF16, 2 threads: 1.25x the steps per second on the dense MiniLM,
+    1.07x on MiniLM without half its heads and half its FFN neurons, whose products are
+    smaller)."""
     if not batches:
         raise RecoveryError("embedding distillation needs at least one batch of sentences")
     if epochs < 1 or time_budget_s <= 0 or lr <= 0:
         raise RecoveryError("epochs, time_budget_s and lr must be positive")
     if hidden_weight < 0:
         raise RecoveryError(f"hidden_weight must be >= 0, got {hidden_weight}")
+    if autocast not in (None, torch.bfloat16, torch.float16):
+        raise RecoveryError(
+            f"autocast must be torch.bfloat16, torch.float16 or None, not {autocast}"
+        )
     teacher.eval()
     start = time.perf_counter()
     targets: list[torch.Tensor] = []
@@ -178,6 +190,7 @@ def distill_embeddings(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * progress(step)))
     )
     generator = torch.Generator().manual_seed(0)
+    device = next(iter(trained)).device.type if trained else "cpu"
     was_training = student.training
     # eval() switches off every dropout, including attention-probability dropout that
     # Hugging Face applies through the attention module's own training flag.
@@ -188,7 +201,9 @@ def distill_embeddings(
     try:
         for epoch in range(epochs):
             for i in torch.randperm(len(batches), generator=generator).tolist():
-                loss = loss_of(batches[i], i)
+                with torch.autocast(device, dtype=autocast or torch.float32,
+                                    enabled=autocast is not None):  # fmt: skip
+                    loss = loss_of(batches[i], i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
