@@ -87,6 +87,28 @@ def test_distillation_brings_the_pruned_model_closer(  # type: ignore[no-untyped
     assert 1 - after["mean_cosine"] < 0.8 * (1 - before["mean_cosine"])
 
 
+def test_distillation_learning_rate_reaches_the_optimiser(  # type: ignore[no-untyped-def]
+    cli, tiny_bert: Path, sentences: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prunekit.recovery.embedding_distill as distill
+
+    seen: list[float] = []
+    original = torch.optim.AdamW.step
+
+    def spy(self: torch.optim.AdamW, *args: object, **kwargs: object) -> object:
+        seen.append(float(self.param_groups[0]["initial_lr"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    assert distill.distill_embeddings.__kwdefaults__["lr"] != 7e-4  # not the default
+    result = cli("prune", str(tiny_bert), "--heads", "0.5", "--data", str(sentences),
+                 "--seq-len", "32", "--distill-seconds", "1", "--distill-lr", "7e-4",
+                 "--out", str(tmp_path / "o"), "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert result.json()["config"]["distill_lr"] == 7e-4
+    assert seen and set(seen) == {7e-4}
+
+
 def test_refit_of_the_projections_brings_the_pruned_model_closer(  # type: ignore[no-untyped-def]
     cli, tiny_bert: Path, sentences: Path, tmp_path: Path
 ) -> None:
@@ -118,6 +140,7 @@ def test_refit_of_the_projections_brings_the_pruned_model_closer(  # type: ignor
         (["--heads", "0.5", "--data", "MISSING"], "missing.txt does not exist"),
         (["--heads", "0.5", "--data", "EMPTY"], "empty"),
         (["--heads", "1.5"], "heads must be a fraction"),
+        (["--heads", "0.5", "--distill-lr", "0"], "--distill-lr must be > 0"),
     ],
 )
 def test_bad_transformer_requests_are_one_line(  # type: ignore[no-untyped-def]
