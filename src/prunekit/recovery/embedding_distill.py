@@ -190,7 +190,7 @@ def distill_embeddings(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * progress(step)))
     )
     generator = torch.Generator().manual_seed(0)
-    device = next(iter(trained)).device.type if trained else "cpu"
+    device = trained[0].device.type if trained else "cpu"
     was_training = student.training
     # eval() switches off every dropout, including attention-probability dropout that
     # Hugging Face applies through the attention module's own training flag.
