@@ -42,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
                         help="transformers: distil the dense model's embeddings (and, unless "
                         "--layers drops layers, every layer's token hidden states) on --data "
                         "for up to S seconds after pruning (0: no recovery)")  # fmt: skip
-    parser.add_argument("--distill-lr", type=float, default=2e-4, metavar="LR",
-                        help="transformers: distillation learning rate (on MiniLM at 600 s: "
-                        "2e-4 suits half the heads; 8e-4 half the heads and half the FFN)")  # fmt: skip
+    # default None: distill_embeddings' DEFAULT_LR applies (importing it here would load torch)
+    parser.add_argument("--distill-lr", type=float, metavar="LR",
+                        help="transformers: distillation learning rate (default: "
+                        "embedding_distill.DEFAULT_LR; on MiniLM at 600 s, 8e-4 suits half the "
+                        "heads and half the FFN)")  # fmt: skip
 
 
 # Sentences the refit uses: on MiniLM with half its heads, one-shot Spearman 0.847 went to
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.hf import save_pretrained_pruned
     from prunekit.measure.params import count_params
     from prunekit.pruning.transformer import TransformerPruning, prune_transformer
-    from prunekit.recovery.embedding_distill import distill_embeddings
+    from prunekit.recovery.embedding_distill import DEFAULT_LR, distill_embeddings
     from prunekit.recovery.reconstruct import reconstruct_linears
 
     out = Path(args.out)
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
                                 criterion=args.criterion, **allocations)  # fmt: skip
     if args.distill_seconds < 0:
         raise InputSpecError("--distill-seconds must be >= 0")
-    if args.distill_lr <= 0:
+    distill_lr = DEFAULT_LR if args.distill_lr is None else args.distill_lr
+    if distill_lr <= 0:
         raise InputSpecError("--distill-lr must be > 0")
     sentences = load_sentences(args.data)
     source = Path(args.model)
@@ -140,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         states = (int(settings.num_hidden_layers) + 1) * int(settings.hidden_size) * 2  # fp16
         tokens = sum(int(b["attention_mask"].numel()) for b in batches)
         distill_embeddings(model, dense, batches, time_budget_s=args.distill_seconds,
-                           lr=args.distill_lr,
+                           lr=distill_lr,
                            hidden_weight=hidden, cache_teacher=tokens * states < CACHE_BYTES,
                            log=say)  # fmt: skip
         model.eval()
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {"heads": config.heads, "ffn": config.ffn, "layers": config.layers,
                    "criterion": config.criterion, "head_allocation": config.head_allocation,
                    "ffn_allocation": config.ffn_allocation,
-                   "distill_seconds": args.distill_seconds, "distill_lr": args.distill_lr,
+                   "distill_seconds": args.distill_seconds, "distill_lr": distill_lr,
                    "reconstruct": bool(refits)},
         "reconstruction": [vars(r) for r in refits],
         **result.to_dict(),
