@@ -180,6 +180,10 @@ def test_bfloat16_autocast_runs_the_matmuls_in_bfloat16_and_still_recovers() -> 
     seen: list[torch.dtype] = []
     linear = student.encoder.layer[0].output.dense
     handle = linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    targets: list[torch.dtype] = []  # the teacher runs at every step (not cached)
+    teacher.encoder.layer[0].output.dense.register_forward_hook(
+        lambda _m, _i, out: targets.append(out.dtype)
+    )
     plain_teacher, plain_student = _damaged_pair()
     plain = distill_embeddings(plain_student, plain_teacher, _batches(), epochs=15, lr=1e-3,
                                hidden_weight=1.0)  # fmt: skip
@@ -187,6 +191,7 @@ def test_bfloat16_autocast_runs_the_matmuls_in_bfloat16_and_still_recovers() -> 
                               autocast=torch.bfloat16)  # fmt: skip
     handle.remove()
     assert seen and all(d == torch.bfloat16 for d in seen)
+    assert targets and all(d == torch.float32 for d in targets)  # the targets stay float32
     assert all(p.dtype == torch.float32 for p in student.parameters())  # weights stay float32
     # the same loss at the start within bfloat16's precision (8 bits of mantissa), and the
     # same recovery at the end
