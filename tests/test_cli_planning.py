@@ -57,7 +57,7 @@ def test_sensitivity_plan_prune_round(cli, model_file: str, tmp_path: Path) -> N
     pruned = cli("prune", *model, "--plan", str(plan), "--out", str(out), "--json")
     assert pruned.code == 0, pruned.err
     assert pruned.json()["kept"]["macs"] == pytest.approx(recorded["achieved"]["macs_fraction"])
-    loaded = load_model(str(out))
+    loaded = load_model(str(out), trust_code=True)
     dense = load_model(model_file, input_shapes=[(1, 3, 16, 16)])
     example = dense.input_spec.make(1)
     kept = count_macs(loaded.model, example).total / count_macs(dense.model, example).total
@@ -118,7 +118,7 @@ def test_a_plan_that_drops_a_dead_block_round_trips_exactly(cli, tmp_path: Path)
     assert pruned.code == 0, pruned.err
     assert pruned.json()["plan"]["drop_blocks"] == ["3"]
     dense = load_model(f"{path}:net", input_shapes=[(1, 3, 16, 16)])
-    loaded = load_model(str(out))
+    loaded = load_model(str(out), trust_code=True)
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), dense.model(x), rtol=0, atol=1e-5)

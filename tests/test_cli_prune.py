@@ -20,6 +20,7 @@ def test_prune_vit_ratio_writes_a_loadable_artifact(cli, tmp_path: Path) -> None
     assert record["before"]["params"] == 86_567_656
     assert record["after"]["params"] < 0.6 * record["before"]["params"]
     assert sorted(p.name for p in out.iterdir()) == [
+        ".prunekit-output.json",
         "model.safetensors",
         "prune.json",
         "prunekit.json",
@@ -96,7 +97,7 @@ def test_pruned_model_gives_the_same_outputs_after_loading(
         ).code
         == 0
     )
-    model, manifest = load(out)
+    model, manifest = load(out, trust_code=True)  # the test's own module
     assert manifest["tensors"]["0.weight"]["shape"] == [4, 3, 3, 3]
     x = torch.randn(2, 3, 16, 16)
     assert model(x).shape == (2, 10)
@@ -137,8 +138,13 @@ def test_existing_output_is_refused_then_replaced_with_force(cli, tmp_path: Path
     (out / "notes.txt").write_text("mine")
     line = _one_line_error(cli("prune", "resnet18", "--ratio", "0.2", "--out", str(out)))
     assert "already exists" in line and (out / "notes.txt").read_text() == "mine"
-    assert cli("prune", "resnet18", "--ratio", "0.2", "--out", str(out), "--force").code == 0
-    assert (out / "prunekit.json").is_file() and not (out / "notes.txt").exists()
+    line = _one_line_error(cli("prune", "resnet18", "--ratio", "0.2", "--out", str(out), "--force"))
+    assert "refusing to replace" in line and "notes.txt" in line  # --force spares user files
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    assert cli("prune", "resnet18", "--ratio", "0.2", "--out", str(out)).code == 0  # empty: fine
+    assert cli("prune", "resnet18", "--ratio", "0.3", "--out", str(out), "--force").code == 0
+    assert json.loads((out / "prune.json").read_text())["config"]["ratio"] == 0.3
 
 
 def _artifact(cli, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from _oracle import randomize
+from prunekit.errors import PrunekitError
 from prunekit.graph import trace_channels
 from prunekit.hf import HFExportError, load_pruned, save_pretrained_pruned
 from prunekit.inputs import KeywordTensorSpec, TokenSpec, as_example_inputs
@@ -139,7 +140,8 @@ def test_export_writes_per_layer_config_safetensors_and_standalone_code(
 ) -> None:
     model, directory = exported(kind)
     names = sorted(p.name for p in directory.iterdir())
-    assert names == ["config.json", "model.safetensors", "modeling_prunekit.py"]
+    assert names == [".prunekit-output.json", "config.json", "model.safetensors",
+                     "modeling_prunekit.py"]  # fmt: skip
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == kind
     assert config["architectures"] == [BASE[kind]]
@@ -354,11 +356,15 @@ def test_existing_directory_is_refused_unless_forced(tmp_path: Path, exported: A
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(HFExportError, match="already exists"):
+    with pytest.raises(PrunekitError, match="already exists"):
         save_pretrained_pruned(model, target)
+    with pytest.raises(PrunekitError, match=r"refusing to replace.*keep\.txt"):
+        save_pretrained_pruned(model, target, force=True)  # never over the user's files
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
-    save_pretrained_pruned(model, target, force=True)
-    assert not (target / "keep.txt").exists() and (target / "model.safetensors").is_file()
+    (target / "keep.txt").unlink()
+    save_pretrained_pruned(model, target)  # an empty directory is fine
+    save_pretrained_pruned(model, target, force=True)  # its own previous export is replaced
+    assert (target / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
 
 

@@ -134,7 +134,11 @@ def test_save_refuses_to_overwrite(tmp_path: Path) -> None:
     path.write_text("precious")
     with pytest.raises(LatencyTableError, match=r"already exists.*--force"):
         hand_table().save(path)
+    with pytest.raises(PrunekitError, match="refusing to replace"):
+        hand_table().save(path, force=True)  # force replaces a latency table, nothing else
     assert path.read_text() == "precious"
+    path.unlink()
+    hand_table().save(path)
     hand_table().save(path, force=True)
     assert LatencyTable.load(path) == hand_table()
     with pytest.raises(LatencyTableError, match="is a directory"):
@@ -300,6 +304,11 @@ def test_cli_refuses_bad_input(cli, user_module, tmp_path: Path) -> None:  # typ
     result = cli(*_profile_args(user_module, out))
     assert result.code == 1 and "already exists" in result.err and result.err.count("\n") == 1
     assert out.read_text() == "precious"
+    result = cli(*_profile_args(user_module, out, "--force"))
+    assert result.code == 1 and "refusing to replace" in result.err  # not a latency table
+    assert out.read_text() == "precious"
+    out.unlink()
+    assert cli(*_profile_args(user_module, out)).code == 0
     result = cli(*_profile_args(user_module, out, "--force"))
     assert result.code == 0, result.err
     assert LatencyTable.load(out).groups["0"].size == 8

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from prunekit.data.idx import write_idx
-from prunekit.errors import DeploymentError
+from prunekit.errors import DeploymentError, PrunekitError
 from prunekit.mcu import deploy
 from prunekit.mcu.compile import find_c_compiler
 from prunekit.mcu.compress import Recipe, compress_to_budget, integer_accuracy, train_dense
@@ -56,7 +56,7 @@ def test_write_deployment_report_and_c_check(digits_compression, tmp_path: Path)
     out = tmp_path / "deploy"
     report = write_deployment(out, compression, facts, data, "3000")
     assert sorted(p.name for p in out.iterdir()) == [
-        "harness.c", "prunekit_model.c", "prunekit_model.h", "report.json",
+        ".prunekit-output.json", "harness.c", "prunekit_model.c", "prunekit_model.h", "report.json",
     ]  # fmt: skip
     assert json.loads((out / "report.json").read_text()) == report
     assert report["dense"]["bytes"] == 4 * (64 * 48 + 48 + 48 * 10 + 10)
@@ -75,7 +75,7 @@ def test_write_deployment_report_and_c_check(digits_compression, tmp_path: Path)
         assert report["c_check"]["samples"] == len(data.test_y)
         # the object's constant data holds exactly the accounted bytes, plus nothing big
         assert report["flash"]["const_data"] >= report["compressed"]["bytes"]
-    assert not list(tmp_path.glob(".deploy.*")), "no staging directory left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["deploy"], "no staging directory left behind"
 
 
 def test_no_compiler_gives_null_agreement_with_a_reason(
@@ -213,8 +213,8 @@ def test_demo_is_the_readme_main_job(cli, tmp_path: Path, monkeypatch) -> None: 
 
 def test_deploy_error_for_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    with pytest.raises(DeploymentError, match="not a directory"):
-        deploy.check_output_dir(tmp_path / "f", force=True)
+    with pytest.raises(PrunekitError, match="not a directory"):
+        deploy.output_dir(tmp_path / "f", "prunekit mcu", force=True)
 
 
 def test_plan_says_by_how_much_a_budget_is_missed() -> None:

@@ -34,3 +34,19 @@ class BackendError(PrunekitError):
 
 class DeploymentError(PrunekitError):
     """A model cannot be deployed as asked (a budget too small, an unsupported layer, no C compiler)."""
+
+
+class UntrustedCodeError(ModelSourceError):
+    """Loading would run code outside prunekit's allowlist, and the user did not trust it."""
+
+
+class OutputPathError(PrunekitError):
+    """An output path that cannot or must not be written (see ``prunekit._outputs``)."""
+
+
+class InvalidArgumentError(PrunekitError, TypeError):
+    """A Python API call with an argument of the wrong type; the message says what to pass."""
+
+
+class InvalidValueError(PrunekitError, ValueError):
+    """A Python API call with an argument of the right type but an impossible value."""

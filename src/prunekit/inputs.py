@@ -9,15 +9,25 @@ Values are drawn from a fixed seed so that two runs see identical inputs.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
-from prunekit.errors import InputSpecError
+from prunekit._checks import _got
+from prunekit.errors import InputSpecError, InvalidArgumentError, InvalidValueError
 
 _SEED = 0
+
+
+class InputSpecTypeError(InputSpecError, InvalidArgumentError):
+    """Example inputs, or a batch size, of a type no model can be called with."""
+
+
+class InputSpecValueError(InputSpecError, InvalidValueError):
+    """An impossible batch size or input setting (zero, negative, empty)."""
 
 
 def _generator() -> torch.Generator:
@@ -97,8 +107,10 @@ class InputSpec(Protocol):
 
 
 def _check_batch(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise InputSpecTypeError(f"batch size must be a positive integer, got {_got(batch_size)}")
     if batch_size < 1:
-        raise InputSpecError(f"batch size must be a positive integer, got {batch_size}")
+        raise InputSpecValueError(f"batch size must be a positive integer, got {batch_size}")
 
 
 @dataclass(frozen=True)
@@ -222,24 +234,41 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def as_example_inputs(value: ExampleInputs | torch.Tensor | Sequence[Any] | Any) -> ExampleInputs:
+def check_example(value: Any, name: str = "inputs") -> None:
+    """Raise ``InputSpecTypeError`` (an ``InputSpecError`` and a ``TypeError``) naming
+    ``name`` unless ``as_example_inputs`` accepts ``value``."""
+    if isinstance(value, (ExampleInputs, torch.Tensor, list, dict, tuple)):
+        return
+    hint = ""
+    if type(value).__name__ == "LoadedModel":
+        hint = "; for a LoadedModel pass loaded.model and loaded.input_spec.make()"
+    elif callable(getattr(value, "make", None)):
+        hint = "; this is an input spec: pass spec.make(batch_size), its inputs for one batch"
+    elif isinstance(value, torch.nn.Module):
+        hint = "; this is a model: pass the model first, then its inputs"
+    raise InputSpecTypeError(
+        f"{name} must be a tensor, a tuple of forward arguments, a dict of keyword arguments "
+        f"or prunekit.inputs.ExampleInputs, got {_got(value)}{hint}"
+    )
+
+
+def as_example_inputs(
+    value: ExampleInputs | torch.Tensor | Sequence[Any] | Any, name: str = "inputs"
+) -> ExampleInputs:
     """Accept what users naturally pass.
 
     A tensor or a list (torchvision detectors take a list of images) is the single positional
-    argument; a tuple is the positional arguments; a dict is the keyword arguments.
+    argument; a tuple is the positional arguments; a dict is the keyword arguments. Anything
+    else raises ``InputSpecTypeError`` naming the argument ``name``.
     """
+    check_example(value, name)
     if isinstance(value, ExampleInputs):
         return value
     if isinstance(value, (torch.Tensor, list)):
         return ExampleInputs((value,))
     if isinstance(value, dict):
         return ExampleInputs(kwargs=dict(value))
-    if isinstance(value, tuple):
-        return ExampleInputs(value)
-    raise InputSpecError(
-        f"example inputs must be a tensor, a tuple of forward arguments, a dict of keyword "
-        f"arguments or prunekit.inputs.ExampleInputs; got {type(value).__name__}"
-    )
+    return ExampleInputs(cast(tuple[Any, ...], value))  # the positional arguments
 
 
 def doubled(example: ExampleInputs) -> ExampleInputs:

@@ -5,22 +5,22 @@ An artifact directory holds:
 * ``prunekit.json``: how to build the original model (torchvision name, ``module:callable``
   or a Hugging Face config), the shape of every parameter and buffer after pruning, the
   module attributes and classes that pruning changed, the example-input spec, and the
-  SHA-256 of the weights file;
-* ``model.safetensors``: the weights.
+  SHA-256 of every weights file;
+* ``model.safetensors``: the weights;
+* ``.prunekit-output.json``: which files prunekit wrote (``prunekit._outputs``).
 
 Loading builds the original architecture on the meta device, applies the recorded classes,
-attributes and shapes, and loads the weights: outputs are identical to the saved model.
-Writing goes to a temporary directory first, so a failure never leaves a half-written
-artifact, and an existing directory is only replaced when asked (``force=True``).
+attributes and shapes, and loads the weights: outputs are identical to the saved model. It
+runs nothing outside an allowlist unless ``trust_code=True`` (``artifact._recipes``), checks
+every file's SHA-256, and never follows a path out of the directory. Writing goes to a staging
+directory first, so a failure never leaves a half-written artifact, and an existing directory
+is only replaced when asked (``force=True``) and when it is a previous artifact of the same
+writer with nothing else in it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,69 +28,70 @@ import torch
 from torch import nn
 
 import prunekit
+from prunekit._outputs import OutputDir, check_output_dir, sha256_file
 from prunekit.artifact._attributes import decode, diff_modules
-from prunekit.artifact._recipes import build_original, import_class
-from prunekit.errors import PrunekitError
+from prunekit.artifact._manifest import (
+    EXTRA,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    WEIGHTS,
+    ArtifactError,
+    check_attribute,
+    read_manifest,
+)
+from prunekit.artifact._recipes import build_original, describe, import_class, with_relative_file
+from prunekit.errors import ModelSourceError, PrunekitError
 from prunekit.inputs import InputSpec, spec_from_dict
 from prunekit.pruning._tensors import aliases, named_tensors, replace_tensor
 from prunekit.pruning.blocks import DroppedResidual, replace_block
 
-MANIFEST = "prunekit.json"
-WEIGHTS = "model.safetensors"
-EXTRA = "buffers.safetensors"  # non-persistent buffers, which state_dict leaves out
-FORMAT = "prunekit-artifact"
-FORMAT_VERSION = 1
+__all__ = [
+    "EXTRA",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "WEIGHTS",
+    "ArtifactError",
+    "is_artifact",
+    "load",
+    "load_input_spec",
+    "read_manifest",
+    "save",
+    "write_directory",
+]
 
-
-class ArtifactError(PrunekitError):
-    """An artifact directory that is missing files, corrupt, or does not match its manifest."""
+SAVE_COMMAND = "prunekit.artifact.save()"
+Say = Callable[[str], None]
 
 
 def is_artifact(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def write_directory(
+    directory: str | Path | OutputDir,
+    writer: Callable[[Path], None],
+    force: bool = False,
+    *,
+    command: str = SAVE_COMMAND,
+) -> Path:
+    """Run ``writer(staging_dir)`` then move the result to ``directory`` atomically.
 
-
-def _prepare_target(directory: Path, force: bool) -> None:
-    if directory.exists() and not force:
-        raise ArtifactError(
-            f"{directory} already exists; choose another --out or pass --force to replace it"
-        )
-    if directory.exists() and not directory.is_dir():
-        raise ArtifactError(f"{directory} exists and is not a directory")
-
-
-def write_directory(directory: Path, writer: Any, force: bool = False) -> None:
-    """Run ``writer(tmp_dir)`` then move the result to ``directory`` atomically."""
-    directory = directory.expanduser()
-    _prepare_target(directory, force)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        writer(tmp)
-        if directory.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, backup / directory.name)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    ``directory`` is either a path (checked now: see ``prunekit._outputs.check_output_dir``) or
+    an ``OutputDir`` a command checked before its work began."""
+    target = (
+        directory
+        if isinstance(directory, OutputDir)
+        else check_output_dir(directory, command, force=force, option="directory")
+    )
+    return target.write(writer)
 
 
 def manifest_for(
     model: nn.Module, recipe: dict[str, Any], input_spec: InputSpec | None, task: str = "unknown"
 ) -> dict[str, Any]:
-    original = build_original(recipe)
+    original = build_original(recipe, trust_code=True, say=lambda _: None)
     attributes, classes = diff_modules(original, model)
     tensors = {
         name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
@@ -113,7 +114,7 @@ def manifest_for(
 
 def save(
     model: nn.Module,
-    directory: str | Path,
+    directory: str | Path | OutputDir,
     *,
     recipe: dict[str, Any],
     input_spec: InputSpec | None = None,
@@ -124,49 +125,62 @@ def save(
     """Save ``model`` (pruned or not) as an artifact directory; ``recipe`` builds its original.
 
     ``extra_files`` maps file names to JSON-able objects written beside (e.g. ``prune.json``).
+    Before anything is written, the manifest is checked to rebuild ``model``'s structure: a
+    recipe that builds another architecture is refused instead of saved unloadable.
     """
+    import json
+
     from safetensors.torch import save_file, save_model
 
-    directory = Path(directory)
+    if not isinstance(model, nn.Module):
+        raise ArtifactError(f"save() needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(recipe, dict):
+        raise ArtifactError(
+            "save() needs recipe=, a dict saying how to build the original model (for example "
+            "LoadedModel.recipe from prunekit.load_model)"
+        )
+    target = (
+        directory
+        if isinstance(directory, OutputDir)
+        else check_output_dir(directory, SAVE_COMMAND, force=force, option="directory")
+    )
+    recipe = with_relative_file(recipe, target.path)
     manifest = manifest_for(model, recipe, input_spec, task)
+    _check_rebuilds(model, manifest)
 
     def writer(tmp: Path) -> None:
         weights = tmp / WEIGHTS
         save_model(model, str(weights))
-        manifest["files"] = {WEIGHTS: {"sha256": _sha256(weights), "bytes": weights.stat().st_size}}
+        manifest["files"] = {
+            WEIGHTS: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}
+        }
         extra = _non_persistent(model)
         if extra:
             save_file({k: v.detach().contiguous() for k, v in extra.items()}, str(tmp / EXTRA))
             manifest["files"][EXTRA] = {
-                "sha256": _sha256(tmp / EXTRA),
+                "sha256": sha256_file(tmp / EXTRA),
                 "bytes": (tmp / EXTRA).stat().st_size,
             }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(data, indent=1))
 
-    write_directory(directory, writer, force)
-    return directory
+    return target.write(writer)
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{directory} is not a prunekit artifact: {MANIFEST} is missing")
+def _check_rebuilds(model: nn.Module, manifest: dict[str, Any]) -> None:
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not a prunekit artifact manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+        skeleton = _skeleton(manifest, trust_code=True, artifact_dir=None, say=lambda _: None)
+    except PrunekitError as exc:
         raise ArtifactError(
-            f"{path} has format version {manifest.get('format_version')}; this prunekit reads version {FORMAT_VERSION}"
-        )
-    for key in ("recipe", "tensors", "attributes", "classes", "files"):
-        if key not in manifest:
-            raise ArtifactError(f"{path} lacks the {key!r} entry")
-    return manifest
+            f"save(): the recipe {describe(manifest['recipe'])} does not rebuild this model, so "
+            f"the artifact could not be loaded ({exc}); pass the recipe of the model that was "
+            "pruned (LoadedModel.recipe)"
+        ) from None
+    have = {k: list(t.shape) for k, t in named_tensors(model).items()}
+    rebuilt = {k: list(t.shape) for k, t in named_tensors(skeleton).items()}
+    if have != rebuilt:
+        raise ArtifactError("save(): the manifest does not describe the model's tensors")
 
 
 def _non_persistent(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -180,11 +194,14 @@ def _non_persistent(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    root = directory.resolve()
     for name, info in manifest["files"].items():
         path = directory / name
+        if path.is_symlink() or not path.resolve().is_relative_to(root):
+            raise ArtifactError(f"{path} is a link; an artifact's files must lie in it")
         if not path.is_file():
             raise ArtifactError(f"{directory} is missing {name}")
-        if info.get("sha256") and _sha256(path) != info["sha256"]:
+        if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
             raise ArtifactError(
                 f"{path} does not match its checksum in {MANIFEST} (corrupt or replaced)"
             )
@@ -211,20 +228,26 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load(
-    directory: str | Path, *, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved in ``directory``; returns (model in eval mode, manifest)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _set_attribute(module: nn.Module, name: str, attr: str, value: Any) -> None:
+    check_attribute(attr, value, f"{MANIFEST}: attribute {name}.{attr}")
+    current = getattr(type(module), attr, None)
+    if callable(current) or isinstance(current, property):
+        raise ArtifactError(f"{MANIFEST}: {name}.{attr} is a method of {type(module).__name__}")
+    setattr(module, attr, decode(value))
 
-    directory = Path(directory).expanduser()
-    manifest = read_manifest(directory)
-    if WEIGHTS not in manifest["files"]:
-        raise ArtifactError(f"{MANIFEST} does not list {WEIGHTS}")
-    _check_files(directory, manifest)
-    weights = directory / WEIGHTS
-    model = build_original(manifest["recipe"])
+
+def _skeleton(
+    manifest: dict[str, Any], *, trust_code: bool, artifact_dir: Path | None, say: Say | None
+) -> nn.Module:
+    """The artifact's architecture on the meta device, every tensor at its saved shape."""
+    try:
+        model = build_original(
+            manifest["recipe"], trust_code=trust_code, artifact_dir=artifact_dir, say=say
+        )
+    except ModelSourceError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(f"building the artifact's original model failed: {exc}") from None
     for name in manifest.get("dropped_blocks", []):
         try:  # the shift's shape is set with the other tensors' below
             replace_block(model, name, torch.zeros(0, device="meta"))
@@ -236,14 +259,14 @@ def load(
             raise ArtifactError(
                 f"{MANIFEST} names module {name!r}, which the rebuilt model does not have"
             )
-        modules[name].__class__ = import_class(path)
+        modules[name].__class__ = import_class(path, trust_code=trust_code)
     for name, attrs in manifest["attributes"].items():
         if name not in modules:
             raise ArtifactError(
                 f"{MANIFEST} names module {name!r}, which the rebuilt model does not have"
             )
         for attr, value in attrs.items():
-            setattr(modules[name], attr, decode(value))
+            _set_attribute(modules[name], name, attr, value)
     tensors = named_tensors(model)
     holders = aliases(model)
     missing = set(manifest["tensors"]) ^ set(tensors)
@@ -260,6 +283,30 @@ def load(
             replace_tensor(
                 holders[id(t)], t, torch.empty(info["shape"], dtype=dtype, device="meta")
             )
+    return model
+
+
+def load(
+    directory: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    trust_code: bool = False,
+    say: Say | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved in ``directory``; returns (model in eval mode, manifest).
+
+    ``trust_code``: let the artifact run the user code its recipe names (``module:callable``
+    or ``file.py:callable`` outside prunekit's allowlist); without it such an artifact is
+    refused with ``UntrustedCodeError`` before anything runs. ``say`` hears what trusted code
+    runs (default: a ``logging`` warning on the ``prunekit`` logger)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory).expanduser()
+    manifest = read_manifest(directory)
+    _check_files(directory, manifest)
+    weights = directory / WEIGHTS
+    model = _skeleton(manifest, trust_code=trust_code, artifact_dir=directory, say=say)
     model = model.to_empty(device=device)
     try:
         _load_state(model, load_file(str(weights), device=str(device)))
@@ -277,4 +324,9 @@ def load(
 
 def load_input_spec(manifest: dict[str, Any]) -> InputSpec | None:
     data = manifest.get("input")
-    return spec_from_dict(data) if data else None
+    if not data:
+        return None
+    try:
+        return spec_from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{MANIFEST}: the 'input' entry is malformed ({exc!r})") from None

@@ -6,16 +6,14 @@ from typing import Any
 
 from torch import nn
 
-_SKIP = frozenset(
-    {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
-)
+SKIP = frozenset({"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"})
 
 
-def _simple(value: Any) -> bool:
+def is_simple(value: Any) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     if isinstance(value, (tuple, list)):
-        return all(_simple(v) for v in value)
+        return all(is_simple(v) for v in value)
     return False
 
 
@@ -37,7 +35,7 @@ def decode(value: Any) -> Any:
 
 def simple_attributes(module: nn.Module) -> dict[str, Any]:
     return {
-        k: v for k, v in vars(module).items() if k not in _SKIP and "hook" not in k and _simple(v)
+        k: v for k, v in vars(module).items() if k not in SKIP and "hook" not in k and is_simple(v)
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
 
 MODEL_HELP = (
     "a torchvision model name (mobilenet_v2, resnet50, ...), package.module:callable or "
-    "path/to/file.py:callable returning an nn.Module, or a Hugging Face model directory"
+    "path/to/file.py:callable returning an nn.Module, a Hugging Face model directory, or a "
+    "prunekit artifact directory"
 )
 
 
@@ -51,6 +53,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a Hugging Face directory to run its own modeling code",
     )
+    group.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a prunekit artifact to run the code its recipe names (your own "
+        "module:callable or file.py:callable); without it such an artifact is refused",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the random initialisation of a model built without weights (default 0)",
+    )
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
@@ -78,7 +93,26 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
         seq_len=args.seq_len,
         model_kwargs=kwargs,
         trust_remote_code=args.trust_remote_code,
+        trust_code=args.trust_code,
+        seed=args.seed,
     )
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: positive; more than the machine's cores is allowed, with a note (the
+    timings then measure oversubscription, not the model)."""
+    import os
+
+    from prunekit.errors import InputSpecError
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputSpecError(f"--threads must be a positive integer, got {threads}")
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        say(f"note: --threads {threads} is more than this machine's {cores} logical CPUs; "
+            "threads will share cores, which slows every timed call")  # fmt: skip
 
 
 def say(message: str) -> None:
@@ -91,11 +125,31 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+# Calibration images are kept in memory (every sensitivity point runs on them): at most this many
+# bytes of input tensors, whatever --samples asks for. 1 GiB is 1,782 images at 224x224.
+MAX_CALIBRATION_BYTES = 1 << 30
+
+
+@dataclass
+class CalibrationData:
+    """Input batches (and a labelled loader over the same images, or None for random inputs),
+    with what they are, for the files that record how they were measured."""
+
+    batches: list[Any]
+    loader: Any
+    source: dict[str, Any]
+
+
 def image_batches(
     folder: str | None, loaded: Any, samples: int, batch_size: int, option: str
-) -> tuple[list[Any], Any]:
-    """(input batches, labelled loader or None): ``samples`` images of ``folder``, or random
-    inputs without it."""
+) -> CalibrationData:
+    """``samples`` images of ``folder`` drawn at random (seed 0), or random inputs without it.
+
+    Memory stays bounded whatever the folder holds: only the file list is read whole, and at
+    most ``MAX_CALIBRATION_BYTES`` of images are loaded (fewer than ``samples`` then, said)."""
+    import hashlib
+    from pathlib import Path
+
     import torch
 
     from prunekit.errors import InputSpecError
@@ -104,14 +158,30 @@ def image_batches(
         raise InputSpecError("--samples and --batch-size must be positive")
     if folder is None:
         say(f"no {option}: measuring on random inputs, a weak proxy; pass an image folder")
-        return [loaded.input_spec.make(min(samples, batch_size))], None
+        count = min(samples, batch_size)
+        return CalibrationData(
+            [loaded.input_spec.make(count)], None, {"data": "random inputs", "samples": count}
+        )
     from prunekit.data.image_folder import image_folder_dataset
 
     shape = loaded.input_spec.make(1).tensors()[0].shape
     dataset = image_folder_dataset(folder, image_size=shape[-1], resize_size=shape[-1] * 8 // 7)
+    per_image = 4 * int(torch.Size(shape[1:]).numel())
+    fits = max(1, MAX_CALIBRATION_BYTES // per_image)
+    wanted = min(samples, len(dataset))
+    if wanted > fits:
+        say(f"{option}: using {fits:,} of the {wanted:,} images asked for, drawn at random: "
+            f"{MAX_CALIBRATION_BYTES >> 20} MiB of inputs is the most kept in memory")  # fmt: skip
+        wanted = fits
     generator = torch.Generator().manual_seed(0)
-    indices = torch.randperm(len(dataset), generator=generator)[:samples].tolist()
+    indices = torch.randperm(len(dataset), generator=generator)[:wanted].tolist()
     subset = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size)
     batches = [images for images, _ in loader]
-    return batches, loader
+    root = Path(folder).resolve()
+    digest = hashlib.sha256()
+    for i in indices:  # which files, and their sizes: a changed folder is another data set
+        path = Path(dataset.samples[i][0])
+        digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
+    source = {"data": str(root), "samples": wanted, "images_sha256": digest.hexdigest()[:16]}
+    return CalibrationData(batches, loader, source)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json, say
+from prunekit.cli._common import (
+    add_debug,
+    add_model_arguments,
+    check_threads,
+    load_from_args,
+    print_json,
+    say,
+)
 
 
 def register(sub: Any) -> None:
@@ -55,13 +62,16 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
+
     from prunekit.errors import InputSpecError
     from prunekit.inputs import parse_int_list
     from prunekit.measure.latency import TimingPolicy, measure_latency
 
     batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
-    if args.threads is not None and args.threads < 1:
-        raise InputSpecError(f"--threads must be a positive integer, got {args.threads}")
+    check_threads(args.threads)
+    if not (math.isfinite(args.min_time) and math.isfinite(args.max_time)):
+        raise InputSpecError("--min-time and --max-time must be finite numbers of seconds")
     policy = TimingPolicy(
         min_repeats=max(1, args.min_repeats),
         max_repeats=max(2000, args.min_repeats),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 from prunekit.cli._common import print_json
@@ -31,7 +29,7 @@ def register(sub: Any) -> None:
         default=DEFAULT_OUT,
         metavar="DIR",
         help=f"output directory (default {DEFAULT_OUT}; a previous demo's output there is "
-        "replaced, anything else is left alone unless --force)",
+        "replaced; a directory holding anything else is refused, even with --force)",
     )
     parser.add_argument(
         "--flash", default=DEMO_BUDGET, help=f"flash budget (default {DEMO_BUDGET})"
@@ -40,27 +38,16 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _is_previous_demo(path: Path) -> bool:
-    try:
-        report = json.loads((path / "report.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(report, dict) and report.get("demo") is True
-
-
 def run(args: argparse.Namespace) -> int:
     from prunekit.mcu.compress import Recipe
 
-    if args.out == DEFAULT_OUT and _is_previous_demo(Path(args.out)):
-        args.force = True  # rerunning the README command must just work
     recipe = Recipe.quick()
     if args.no_distill:
         recipe = dataclasses.replace(recipe, distill_weight=0.0)
-    report = compress_and_write(args, "digits", None, DEMO_ARCH, recipe)
-    # Mark the output as the demo's own so a rerun may replace it.
-    report_path = Path(args.out) / "report.json"
-    report["demo"] = True
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    # Rerunning the README command must just work: the default directory is replaced when it
+    # holds a previous demo's output and nothing else (prunekit._outputs), as with --force.
+    report = compress_and_write(args, "digits", None, DEMO_ARCH, recipe, command="prunekit demo",
+                                replace_own=args.out == DEFAULT_OUT)  # fmt: skip
     if args.json:
         print_json(report)
     else:

@@ -8,9 +8,13 @@ command runs, so ``prunekit --help`` answers instantly.
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 from prunekit import __version__
 from prunekit.cli import analyze, bench, demo, mcu, models, plan, profile, prune, sensitivity
@@ -42,6 +46,50 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a CI cancel, ``docker stop``), handled like Ctrl-C: every writer
+    removes its staging output on the way out."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _StderrHandler(logging.Handler):
+    """prunekit's warnings (what trusted code runs, groups left alone...) as plain lines on
+    the current stderr (looked up at each record, so a redirected stderr is honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    logger = logging.getLogger("prunekit")
+    handler = _StderrHandler(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,12 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prunekit.errors import PrunekitError
 
     try:
-        return int(args.handler(args) or 0)
+        with _sigterm_as_interrupt(), _warnings_on_stderr():
+            return int(args.handler(args) or 0)
     except PrunekitError as exc:
         if args.debug:
             raise
         print(f"prunekit {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"prunekit {args.command}: terminated (SIGTERM); nothing half-written was left",
+              file=sys.stderr)  # fmt: skip
+        return 143
     except KeyboardInterrupt:
         print(f"prunekit {args.command}: interrupted", file=sys.stderr)
         return 130

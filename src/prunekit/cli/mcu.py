@@ -77,7 +77,13 @@ def parse_values(text: str) -> tuple[int, ...]:
 
 
 def compress_and_write(
-    args: argparse.Namespace, dataset: str, data_dir: str | None, arch_text: str, recipe: Any
+    args: argparse.Namespace,
+    dataset: str,
+    data_dir: str | None,
+    arch_text: str,
+    recipe: Any,
+    command: str = "prunekit mcu",
+    replace_own: bool = False,
 ) -> dict[str, Any]:
     """The whole job, shared by ``mcu`` and ``demo``; returns the report."""
     from prunekit.mcu.arch import check_fits_data, parse_arch
@@ -89,14 +95,14 @@ def compress_and_write(
         train_dense,
     )
     from prunekit.mcu.datasets import load_splits
-    from prunekit.mcu.deploy import check_output_dir, dense_facts, write_deployment
+    from prunekit.mcu.deploy import dense_facts, output_dir, write_deployment
 
     started = time.perf_counter()
     # Everything that can be wrong with the input is checked before minutes of training.
     budget = parse_bytes(args.flash)
     widths = parse_arch(arch_text)
     value_bits = parse_values(args.values)
-    out = check_output_dir(args.out, args.force)
+    out = output_dir(args.out, command, args.force, replace_own)
     check_budget_feasible(widths, budget)
     data = load_splits(dataset, data_dir, seed=args.seed)
     check_fits_data(widths, data.features, data.classes, dataset)
@@ -106,8 +112,10 @@ def compress_and_write(
     say(f"dense: {facts.bytes:,} bytes fp32, test accuracy {facts.accuracy:.2%}")
     compression = compress_to_budget(dense, data, budget, recipe, value_bits, log=say)
     report = write_deployment(
-        out, compression, facts, data, args.flash, force=args.force,
-        extra={"seconds_total": round(time.perf_counter() - started, 1)},
+        out, compression, facts, data, args.flash,
+        extra={"seconds_total": round(time.perf_counter() - started, 1),
+               **({"demo": True} if command == "prunekit demo" else {})},
+        log=say,
     )  # fmt: skip
     return report
 

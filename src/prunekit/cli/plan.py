@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--round-to", type=int, default=1, metavar="N",
                         help="keep a multiple of N channels per group")  # fmt: skip
     parser.add_argument("--protect", action="append", default=[], metavar="PATTERN",
-                        help="never prune groups produced by this module (name or re:regex)")  # fmt: skip
+                        help="never prune groups produced by this module: a module name (and its "
+                        "submodules) or a regular expression over module names; repeatable")  # fmt: skip
     parser.add_argument("--latency-weight", type=float, metavar="W",
                         help="with --lut and a macs/params/bytes target: how much the predicted "
                         "latency counts next to the predicted drop (default 1; 0 ignores it)")  # fmt: skip
@@ -38,32 +39,48 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import math
 
+    from prunekit._outputs import check_output_file
     from prunekit.errors import InputSpecError
     from prunekit.graph import trace_channels
     from prunekit.planning.lut import LatencyTable
+    from prunekit.planning.planner import FORMAT as PLAN_FORMAT
     from prunekit.planning.planner import Target, make_plan
     from prunekit.planning.sensitivity import Sensitivity
+    from prunekit.pruning.config import as_patterns, check_pattern, check_patterns_match
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise InputSpecError(f"{out} already exists; choose another --out or pass --force")
+    # every check that needs no model comes first: bad input fails in a second, writes nothing
+    out = check_output_file(args.out, formats=(PLAN_FORMAT,), force=args.force, log=say)
     if args.round_to < 1:
         raise InputSpecError(f"--round-to must be a positive integer, got {args.round_to}")
+    if args.latency_weight is not None and not (
+        math.isfinite(args.latency_weight) and args.latency_weight >= 0
+    ):
+        raise InputSpecError(
+            f"--latency-weight must be a finite number >= 0, got {args.latency_weight}"
+        )
+    for pattern in args.protect:
+        check_pattern(pattern, "--protect")
     target = Target.parse(args.target)
     sensitivity = Sensitivity.load(args.sensitivity)
     lut = LatencyTable.load(args.lut) if args.lut else None
     loaded = load_from_args(args)
     model = loaded.model.eval()
     example = loaded.input_spec.make(1)
+    names = sorted(n for n, _ in model.named_modules() if n)
+    protect = as_patterns(args.protect, names)
+    check_patterns_match(protect, names, "--protect")
     graph = trace_channels(model, example)
     weight = args.latency_weight
     if weight is None:
         weight = 1.0 if lut is not None and target.kind != "latency_ms" else 0.0
     plan = make_plan(model, example, graph, sensitivity, target, lut=lut, round_to=args.round_to,
-                     protect=args.protect, latency_weight=weight, blocks=args.blocks,
+                     protect=protect, latency_weight=weight, blocks=args.blocks,
                      log=say)  # fmt: skip
+    plan.provenance = {**loaded.provenance(), "sensitivity": str(args.sensitivity),
+                       "sensitivity_settings": sensitivity.settings,
+                       "lut": str(args.lut) if args.lut else None}  # fmt: skip
     plan.save(out)
     a = plan.achieved
     print(f"{loaded.name}: plan for {target}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, say
+from prunekit.cli._common import add_debug, add_model_arguments, check_threads, load_from_args, say
 
 
 def register(sub: Any) -> None:
@@ -86,34 +86,28 @@ def _parse_fractions(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
+    import math
 
+    from prunekit._outputs import check_output_file
     from prunekit.errors import InputSpecError
     from prunekit.graph import trace_channels
     from prunekit.measure.latency import resolve_device
     from prunekit.planning.lut import (
         DEFAULT_FRACTIONS,
         DEFAULT_POLICY,
+        FORMAT,
         QUICK_FRACTIONS,
         QUICK_POLICY,
-        LatencyTableError,
         profile_latency,
     )
 
     # every check that needs no model comes first: bad input fails in a second, writes nothing
-    out = Path(args.out)
-    if out.is_dir():
-        raise LatencyTableError(f"--out {out} is a directory; give a file name such as lut.json")
-    if out.exists() and not args.force:
-        raise LatencyTableError(
-            f"{out} already exists; choose another --out or pass --force to replace it"
-        )
+    out = check_output_file(args.out, formats=(FORMAT,), force=args.force, log=say)
     if args.round_to < 1:
         raise InputSpecError(f"--round-to must be a positive integer, got {args.round_to}")
     if args.batch_size < 1:
         raise InputSpecError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise InputSpecError(f"--threads must be a positive integer, got {args.threads}")
+    check_threads(args.threads)
     if args.fractions is not None:
         fractions = _parse_fractions(args.fractions)
     else:
@@ -121,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     policy = QUICK_POLICY if args.quick else DEFAULT_POLICY
     min_time = policy.min_time_s if args.min_time is None else args.min_time
     max_time = policy.max_time_s if args.max_time is None else args.max_time
-    if min_time < 0 or max_time <= 0:
+    if not (math.isfinite(min_time) and math.isfinite(max_time)) or min_time < 0 or max_time <= 0:
         raise InputSpecError("--min-time must be >= 0 and --max-time > 0 seconds")
     policy = dataclasses.replace(policy, min_time_s=min_time, max_time_s=max(min_time, max_time))
     resolve_device(args.device)
@@ -135,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         fractions=fractions, policy=policy, round_to=args.round_to, method=args.method, model_name=loaded.name,
         blocks=args.blocks, log=say,
     )  # fmt: skip
-    table.save(out, force=args.force)
+    table.provenance = loaded.provenance()
+    table.save(out, force=True)  # checked above: nothing but a latency table is replaced
     _print_human(table, out)
     return 0
 

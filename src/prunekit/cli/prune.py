@@ -10,9 +10,11 @@ from prunekit.cli import prune_transformer
 from prunekit.cli._common import (
     add_debug,
     add_model_arguments,
+    check_threads,
     image_batches,
     load_from_args,
     print_json,
+    say,
 )
 
 
@@ -64,7 +66,9 @@ def register(sub: Any) -> None:
                         help="with --plan: an image folder whose images set what each dropped "
                         "residual block adds in place of its branch (default: random inputs)")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--force", action="store_true",
+                        help="replace DIR when it holds a previous `prunekit prune` output "
+                        "and nothing else")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the prune.json record on stdout")
     verify = parser.add_argument_group("verify (after pruning)")
     verify.add_argument("--verify", action="store_true",
@@ -94,41 +98,37 @@ def _parse_target(text: str) -> float:
     return fraction
 
 
-def _patterns(values: list[str], module_names: set[str]) -> tuple[str, ...]:
-    """Module names stay names; anything else is a regular expression over module names."""
-    out = []
-    for v in values:
-        if v.startswith("re:") or v in module_names:
-            out.append(v)
-        else:
-            out.append("re:" + v)
-    return tuple(out)
-
-
 def run(args: argparse.Namespace) -> int:
     import copy
     from pathlib import Path
 
-    from prunekit.artifact import ArtifactError, save
+    from prunekit._outputs import check_output_dir
+    from prunekit.artifact import save
+    from prunekit.errors import InputSpecError
     from prunekit.graph import trace_channels
     from prunekit.inputs import parse_int_list
     from prunekit.measure.macs import count_macs
     from prunekit.measure.params import count_params
     from prunekit.pruning import PruneConfigError, StructuredPruning, check_groups, prune
+    from prunekit.pruning.config import as_patterns, check_pattern
     from prunekit.pruning.target import search_ratio
 
+    # every check that needs no model comes first: bad input fails in a second, writes nothing
+    out = check_output_dir(args.out, "prunekit prune", force=args.force, log=say)
+    check_threads(args.threads)
+    for pattern in args.ignore:
+        check_pattern(pattern, "--ignore")
+    if args.calibration is not None and not Path(args.calibration).is_dir():
+        raise InputSpecError(f"--calibration {args.calibration}: no such image folder")
     if prune_transformer.wants_transformer_path(args):
-        return prune_transformer.run(args)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ArtifactError(
-            f"{out} already exists; choose another --out or pass --force to replace it"
-        )
+        return prune_transformer.run(args, out)
     target = _parse_target(args.target) if args.target else None
     plan = None
     if args.plan:
         from prunekit.planning.planner import Plan
 
+        if args.ignore:
+            raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
         plan = Plan.load(args.plan)
     base = StructuredPruning(
         ratio=args.ratio if args.ratio is not None else 0.0,
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     model, example = loaded.model, loaded.input_spec.make(1)
     dense = copy.deepcopy(model) if args.verify else None
     names = {n for n, _ in model.named_modules() if n}
-    config = StructuredPruning(**{**base.to_dict(), "ignore": _patterns(args.ignore, names)})
+    config = StructuredPruning(**{**base.to_dict(), "ignore": as_patterns(args.ignore, names)})
     config.check_patterns(sorted(names))
     before_macs, before_params = count_macs(model, example).total, count_params(model).params
 
@@ -156,11 +156,9 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None:
         from prunekit.planning.apply import apply_plan
 
-        if args.ignore:
-            raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
         batches = None
         if plan.drop_blocks:
-            batches = image_batches(args.calibration, loaded, 64, 32, "--calibration")[0]
+            batches = image_batches(args.calibration, loaded, 64, 32, "--calibration").batches
         result = apply_plan(model, example, plan, graph=graph, batches=batches)
     else:
         result = prune(model, example, config, graph=graph)
@@ -208,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"ratio {config.ratio:.4f}{' with per-group adjustments' if config.ratios else ''} keeps {search.kept_fraction:.2%} of the MACs (target {target:.0%})"
         )
-    _print_human(record, out)
+    _print_human(record, args.out)
     if speedup is not None:
         print(f"\nmeasured on {speedup.backend}, {speedup.threads} threads:")
         print(speedup.table())
@@ -237,4 +235,6 @@ def _print_human(record: dict[str, Any], out: Any) -> None:
     )
     for name, why in record["skipped"].items():
         print(f"left unpruned: {name} ({why})")
+    for note in record.get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {out}/ (prunekit.json, model.safetensors, prune.json)")

@@ -9,7 +9,6 @@ remote code) with the tokenizer and a ``prune.json`` record.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
 # Sentences the refit uses: on MiniLM with half its heads, one-shot Spearman 0.847 went to
 # 0.876 with 1024 and 0.883 with 2048 (256 gave no gain); each costs a few passes.
 RECONSTRUCT_SENTENCES = 2048
+# --data is sampled down to this many sentences (memory stays bounded whatever the file's size;
+# 50,000 sentences of 128 tokens are 150 MB of token ids and masks)
+MAX_SENTENCES = 50_000
 # the teacher's hidden states are kept (not recomputed every step) when they fit in this
 CACHE_BYTES = 2 * 1024**3
 
@@ -74,12 +76,13 @@ def wants_transformer_path(args: argparse.Namespace) -> bool:
     return args.heads is not None or bool(args.ffn) or bool(args.layers)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, out: Any) -> int:
+    """``out``: the output directory, checked by ``prune`` before any work."""
     import copy
 
     import torch
 
-    from prunekit.data import load_sentences
+    from prunekit.data import sample_sentences
     from prunekit.errors import InputSpecError
     from prunekit.evaluate.embedding import embed, fidelity, sentence_batches
     from prunekit.hf import save_pretrained_pruned
@@ -88,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.recovery.embedding_distill import DEFAULT_LR, distill_embeddings
     from prunekit.recovery.reconstruct import reconstruct_linears
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise InputSpecError(f"{out} already exists; choose another --out or pass --force")
     if args.ratio is not None or args.target or args.plan:
         raise InputSpecError(
             "--heads/--ffn/--layers cannot be combined with --ratio/--target/--plan"
@@ -104,13 +104,19 @@ def run(args: argparse.Namespace) -> int:
     distill_lr = DEFAULT_LR if args.distill_lr is None else args.distill_lr
     if distill_lr <= 0:
         raise InputSpecError("--distill-lr must be > 0")
-    sentences = load_sentences(args.data)
+    sentences, total = sample_sentences(args.data, MAX_SENTENCES)
+    if total > len(sentences):
+        say(f"--data holds {total:,} sentences: using a random {len(sentences):,} of them "
+            "(seed 0, in file order), the most this path keeps in memory")  # fmt: skip
     source = Path(args.model)
     if not source.is_dir():
         raise InputSpecError(
             f"{args.model}: --heads/--ffn/--layers prune a Hugging Face model directory "
             "(with its tokenizer)"
         )
+    from prunekit.hf.export import tokenizer_files
+
+    tokenizer_files(source)  # the export copies them: missing ones must stop us now, not later
     try:
         from transformers import AutoTokenizer
 
@@ -162,10 +168,10 @@ def run(args: argparse.Namespace) -> int:
         "params": {"before": before, "after": count_params(model).params},
         "fidelity_on_data": quality,
         "sentences": len(sentences),
+        "sentences_in_data": total,
     }  # fmt: skip
     # drop_layers renumbered the layers and the config: the record keeps the original indices
-    save_pretrained_pruned(model, out, tokenizer_dir=source, force=args.force)
-    (out / "prune.json").write_text(json.dumps(record, indent=1))
+    save_pretrained_pruned(model, out, tokenizer_dir=source, extra_files={"prune.json": record})
     if args.json:
         print_json(record)
         return 0
@@ -176,10 +182,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"dropped layers {result.dropped_layers}")
     p = record["params"]
     print(f"parameters {p['before']:,} -> {p['after']:,} ({p['after'] / p['before']:.1%})")
+    pairs = (f" (pairs of a random {quality['spearman_sentences']:,})"
+             if quality["spearman_sentences"] < len(sentences) else "")  # fmt: skip
     print(f"fidelity on {len(sentences)} sentences: mean cosine {quality['mean_cosine']:.4f}, "
-          f"Spearman of pairwise similarities {quality['spearman']:.4f}")  # fmt: skip
+          f"Spearman of pairwise similarities{pairs} {quality['spearman']:.4f}")  # fmt: skip
     print(
-        f"wrote {out}/ (Hugging Face directory: AutoModel.from_pretrained(DIR, "
+        f"wrote {args.out}/ (Hugging Face directory: AutoModel.from_pretrained(DIR, "
         "trust_remote_code=True); prune.json)"
     )
     return 0

@@ -41,7 +41,10 @@ def register(sub: Any) -> None:
         "--samples", type=int, default=64, metavar="N", help="images to measure on (default 64)"
     )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
-    parser.add_argument("--plot", metavar="PNG", help="also plot the curves to this file")
+    parser.add_argument("--plot", metavar="PNG", help="also plot the curves to this PNG file")
+    parser.add_argument("--force", action="store_true",
+                        help="measure from the start, replacing a sensitivity file at --out "
+                        "measured with other settings (default: resume it)")  # fmt: skip
     parser.add_argument("--no-blocks", dest="blocks", action="store_false",
                         help="do not measure dropping each residual block")  # fmt: skip
     add_debug(parser)
@@ -60,33 +63,49 @@ def _ratios(text: str) -> list[float]:
     return values
 
 
-def calibration_batches(args: argparse.Namespace, loaded: Any) -> tuple[list[Any], Any]:
-    """(input batches, labelled loader or None) from --data, or random inputs without it."""
-    from prunekit.errors import InputSpecError
+def check_plot_path(plot: str | None) -> None:
+    """``--plot`` names a PNG file prunekit may write (a previous plot of its own is replaced)."""
+    from prunekit._outputs import check_output_file
+    from prunekit.errors import OutputPathError
 
-    if args.data is None and args.metric == "top1":
-        raise InputSpecError("--metric top1 needs labelled images: pass --data DIR")
-    return image_batches(args.data, loaded, args.samples, args.batch_size, "--data")
+    if plot is None:
+        return
+    if not plot.lower().endswith(".png"):
+        raise OutputPathError(f"--plot {plot}: the plot is a PNG image; give a name ending in .png")
+    check_output_file(plot, option="--plot", formats=("png",), replace_own=True, log=say)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from prunekit._outputs import check_output_file
+    from prunekit.errors import InputSpecError
     from prunekit.graph import trace_channels
+    from prunekit.planning.sensitivity import FORMAT as SENSITIVITY_FORMAT
     from prunekit.planning.sensitivity import AccuracyDrop, OutputDivergence, analyze_sensitivity
 
+    # every check that needs no model comes first: bad input fails in a second, writes nothing
     ratios = _ratios(args.ratios)
-    out = Path(args.out)
+    out = check_output_file(args.out, formats=(SENSITIVITY_FORMAT,), replace_own=True, log=say)
+    check_plot_path(args.plot)
+    if args.data is None and args.metric == "top1":
+        raise InputSpecError("--metric top1 needs labelled images: pass --data DIR")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InputSpecError(f"--data {args.data}: no such image folder")
     loaded = load_from_args(args)
     model = loaded.model.eval()
     example = loaded.input_spec.make(1)
-    batches, loader = calibration_batches(args, loaded)
+    data = image_batches(args.data, loaded, args.samples, args.batch_size, "--data")
     metric = (
-        AccuracyDrop(model, loader) if args.metric == "top1" else OutputDivergence(model, batches)
+        AccuracyDrop(model, data.loader)
+        if args.metric == "top1"
+        else OutputDivergence(model, data.batches)
     )
+    settings = {**loaded.provenance(), **data.source, "batch_size": args.batch_size}
     graph = trace_channels(model, example)
     sens = analyze_sensitivity(model, example, graph, metric, ratios=ratios, cache=out,
-                               model_name=loaded.name, blocks=args.blocks, block_batches=batches,
+                               model_name=loaded.name, blocks=args.blocks,
+                               block_batches=data.batches, settings=settings, fresh=args.force,
                                log=say)  # fmt: skip
     if args.plot:
         sens.plot(args.plot)

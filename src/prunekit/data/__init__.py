@@ -32,6 +32,7 @@ __all__ = [
     "load_idx_split",
     "load_sentences",
     "read_idx",
+    "sample_sentences",
     "write_idx",
 ]
 
@@ -39,7 +40,7 @@ __all__ = [
 SENTENCES = "sentences.txt"
 
 
-def load_sentences(path: str | Path | None = None) -> list[str]:
+def load_sentences(path: str | Path | None = None, limit: int | None = None) -> list[str]:
     """The sentences of a text file, one per line (blank lines skipped, surrounding whitespace
     stripped), in file order.
 
@@ -48,21 +49,50 @@ def load_sentences(path: str | Path | None = None) -> list[str]:
     technology, weather...; short and long; with near-paraphrase pairs, so that the pairwise
     similarities have structure), for calibrating and checking sentence encoders without a
     dataset. Raises ``DataError`` naming the path when the file is missing or holds no sentence.
+    ``limit``: see ``sample_sentences``.
     """
+    return sample_sentences(path, limit)[0]
+
+
+def sample_sentences(
+    path: str | Path | None = None, limit: int | None = None
+) -> tuple[list[str], int]:
+    """(sentences, how many the file holds): all of them, or, with ``limit``, a uniform random
+    sample of ``limit`` of them (reservoir sampling, seed 0) kept in file order. The file is
+    read one line at a time, so memory stays bounded by ``limit`` whatever its size."""
+    import random
+
     if path is None:
         source = resources.files(__name__).joinpath(SENTENCES)
         where = str(source)
         try:
-            text = source.read_text(encoding="utf-8")
+            handle = source.open("r", encoding="utf-8")
         except (FileNotFoundError, NotADirectoryError):
             raise DataError(f"the sentence file {where} is missing: reinstall prunekit") from None
     else:
         where = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            handle = Path(path).open(encoding="utf-8")  # noqa: SIM115 (closed below)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise DataError(f"the sentence file {where} does not exist or is not a file") from None
-    sentences = [line.strip() for line in text.splitlines() if line.strip()]
-    if not sentences:
+    rng = random.Random(0)
+    kept: list[tuple[int, str]] = []
+    total = 0
+    try:
+        with handle:
+            for line in handle:
+                sentence = line.strip()
+                if not sentence:
+                    continue
+                if limit is None or len(kept) < limit:
+                    kept.append((total, sentence))
+                else:
+                    slot = rng.randrange(total + 1)
+                    if slot < limit:
+                        kept[slot] = (total, sentence)
+                total += 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the sentence file {where} is not UTF-8 text ({exc.reason})") from None
+    if not kept:
         raise DataError(f"the sentence file {where} holds no sentence (it is empty)")
-    return sentences
+    return [sentence for _, sentence in sorted(kept)], total

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit._checks import _got, check_device, check_module, check_number, check_sequence
 from prunekit._utils import module_device
-from prunekit.errors import DataError
+from prunekit.errors import DataError, InvalidArgumentError, InvalidValueError
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,26 @@ def evaluate_classification(
     when an exception is raised.
 
     Raises ``DataError`` for an empty loader, a batch that is not an (inputs, labels) pair,
-    logits that are not [batch, num_classes], or labels outside the class range; ``ValueError``
-    for a non-positive k or ``max_batches``.
+    logits that are not [batch, num_classes], or labels outside the class range;
+    ``InvalidArgumentError`` (a ``TypeError``) for an argument of the wrong type and
+    ``InvalidValueError`` (a ``ValueError``) for a non-positive k or ``max_batches``.
     """
+    check_module(model)
+    if isinstance(loader, (str, bytes, Mapping, torch.Tensor)) or not (
+        hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")
+    ):
+        raise InvalidArgumentError(
+            "loader must be an iterable of (inputs, labels) batches, such as a "
+            f"torch.utils.data.DataLoader, got {_got(loader)}"
+        )
+    check_sequence(
+        topk, "topk", "a sequence of positive integers such as (1, 5)", items=numbers.Integral
+    )
     if any(k < 1 for k in topk):
-        raise ValueError(f"topk values must be positive integers, got {tuple(topk)}")
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches}")
-    target = torch.device(device) if device is not None else module_device(model)
+        raise InvalidValueError(f"topk values must be positive integers, got {tuple(topk)}")
+    if max_batches is not None:
+        check_number(max_batches, "max_batches", low=1, integer=True)
+    target = check_device(device) if device is not None else module_device(model)
     batches = loader if max_batches is None else islice(loader, max_batches)
     # Per-module flags rather than model.training alone: a model may keep, say, frozen
     # BatchNorm layers in eval mode inside a module that is in train mode.

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._checks import check_module
 from prunekit._utils import describe_exception, swapped_to_meta, without_gc
 from prunekit.errors import ModelForwardError
 from prunekit.graph._context import RuleContext, UniformRequirement
@@ -132,6 +133,7 @@ def trace_channels(
     ``model`` is left unchanged. ``train_mode=False`` skips the extra training-mode trace.
     Raises ``ModelForwardError`` if the model cannot run on ``inputs`` at all.
     """
+    check_module(model)
     example = as_example_inputs(inputs)
     run = _Run(LabelSpace(), {})
     modes, notes = [], []

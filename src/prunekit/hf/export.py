@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.artifact import write_directory
+from prunekit._outputs import OutputDir, check_output_dir
 from prunekit.hf import HFExportError
 from prunekit.hf import modeling_prunekit as modeling
 
@@ -53,6 +53,7 @@ SENTENCE_TRANSFORMERS_FILES = (
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
 )
+EXPORT_COMMAND = "prunekit.hf.save_pretrained_pruned()"
 _MODEL_FILES = (CONFIG, MODELING_FILE, "model.safetensors", "model.safetensors.index.json")
 
 
@@ -216,7 +217,7 @@ def _check_saved_names(directory: Path, model: nn.Module) -> None:
         )
 
 
-def _tokenizer_files(source: Path) -> list[Path]:
+def tokenizer_files(source: Path) -> list[Path]:
     """Tokenizer / processor / sentence-transformers files and folders in ``source``."""
     if not source.is_dir():
         raise HFExportError(f"tokenizer_dir {source} is not a directory")
@@ -235,19 +236,20 @@ def _tokenizer_files(source: Path) -> list[Path]:
     found = [f for f in found if f.exists() and f.name not in _MODEL_FILES]
     if not any(f.name in TOKENIZER_FILES for f in found):
         raise HFExportError(
-            f"tokenizer_dir {source} holds no tokenizer or image processor files "
-            f"({', '.join(TOKENIZER_FILES[:5])}, ...)"
+            f"{source} holds no tokenizer or image processor files "
+            f"({', '.join(TOKENIZER_FILES[:5])}, ...); copy the tokenizer of the model there"
         )
     return found
 
 
 def save_pretrained_pruned(
     model: nn.Module,
-    directory: str | Path,
+    directory: str | Path | OutputDir,
     *,
     tokenizer_dir: str | Path | None = None,
     force: bool = False,
     kept_layers: Sequence[int] | None = None,
+    extra_files: dict[str, Any] | None = None,
 ) -> Path:
     """Save a (pruned) BERT, RoBERTa, DistilBERT or ViT model so that
     ``AutoModel.from_pretrained(directory, trust_remote_code=True)`` loads it.
@@ -257,14 +259,20 @@ def save_pretrained_pruned(
     are copied beside the model. ``force``: replace an existing ``directory``.
     ``kept_layers``: which layers of the original model the model's layers are, when layers
     were dropped (BERT and RoBERTa layers remember it; other models need it to record it).
-    The directory is written in a temporary directory first, then renamed into place.
+    ``extra_files``: file names -> JSON-able objects written beside (e.g. ``prune.json``).
+    The directory is written in a staging directory first, then renamed into place; an
+    existing one is replaced only with ``force`` and only when it holds a previous output of
+    the same writer and nothing else (``prunekit._outputs``). ``directory`` may also be an
+    ``OutputDir`` that a command checked before its work.
     """
-    directory = Path(directory).expanduser()
-    if directory.exists() and not force:
-        raise HFExportError(f"{directory} already exists; pass force=True to replace it")
+    target = (
+        directory
+        if isinstance(directory, OutputDir)
+        else check_output_dir(directory, EXPORT_COMMAND, force=force, option="directory")
+    )
     fields = pruned_config(model, kept_layers)
     _check_rebuilds(model, fields)
-    extra = _tokenizer_files(Path(tokenizer_dir).expanduser()) if tokenizer_dir is not None else []
+    extra = tokenizer_files(Path(tokenizer_dir).expanduser()) if tokenizer_dir is not None else []
 
     def writer(tmp: Path) -> None:
         hf_model: Any = model
@@ -287,6 +295,7 @@ def save_pretrained_pruned(
                 shutil.copytree(path, tmp / path.name)
             else:
                 shutil.copyfile(path, tmp / path.name)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=1))
 
-    write_directory(directory, writer, force)
-    return directory
+    return target.write(writer)

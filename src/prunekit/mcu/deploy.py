@@ -1,16 +1,16 @@
 """Write a compressed MLP as a deployable directory: C files, a report, and the check that the
 compiled C computes what the Python integer reference computes.
 
-Everything is written into a temporary sibling directory first and moved into place at the
-end, so a failure (or Ctrl-C) never leaves a half-written output, and an existing directory is
-only replaced when the caller asked for it (``force``).
+Everything is written into a staging directory beside the output and moved into place at the
+end (``prunekit._outputs``), so a failure (or Ctrl-C) never leaves a half-written output, and an
+existing directory is only replaced when the caller asked for it (``force``) and it holds a
+previous output of the same command and nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from prunekit import __version__
-from prunekit.errors import DeploymentError
+from prunekit._outputs import OutputDir, check_output_dir
 from prunekit.mcu.c_export import CSource, generate_c
 from prunekit.mcu.compile import check_against_reference, find_c_compiler, measure_object
 from prunekit.mcu.compress import Candidate, Compression, integer_accuracy
@@ -41,16 +41,9 @@ def dense_facts(model: nn.Module, arch: list[int], accuracy: float) -> DenseFact
     return DenseFacts(arch, accuracy, params * 4, params)
 
 
-def check_output_dir(out: str | Path, force: bool) -> Path:
-    """Refuse to touch an existing path unless ``force``; done before any training starts."""
-    path = Path(out)
-    if path.exists() and not force:
-        raise DeploymentError(f"{path} already exists; choose another --out or pass --force")
-    if path.exists() and not path.is_dir():
-        raise DeploymentError(f"{path} exists and is not a directory; refusing to replace it")
-    if not path.parent.exists():
-        raise DeploymentError(f"the parent directory of {path} does not exist")
-    return path
+def output_dir(out: str | Path, command: str, force: bool, replace_own: bool = False) -> OutputDir:
+    """The checked output directory; done before any training starts."""
+    return check_output_dir(out, command, force=force, replace_own=replace_own)
 
 
 def _c_section(cand: Candidate, source: CSource, data: Splits, workdir: Path) -> dict[str, Any]:
@@ -82,21 +75,30 @@ def _c_section(cand: Candidate, source: CSource, data: Splits, workdir: Path) ->
 
 
 def write_deployment(
-    out: Path,
+    out: OutputDir | str | Path,
     compression: Compression,
     dense: DenseFacts,
     data: Splits,
     budget_text: str,
     force: bool = False,
     extra: dict[str, Any] | None = None,
+    log: Any = None,
 ) -> dict[str, Any]:
-    """Write ``out/`` (report.json, prunekit_model.h/.c, harness.c) and return the report."""
+    """Write ``out/`` (report.json, prunekit_model.h/.c, harness.c) and return the report.
+
+    ``out``: an ``OutputDir`` checked before the work, or a path (checked now, as
+    ``prunekit.mcu.deploy.write_deployment()``'s output)."""
     started = time.perf_counter()
+    target = (
+        out
+        if isinstance(out, OutputDir)
+        else output_dir(out, "prunekit.mcu.deploy.write_deployment()", force)
+    )
     best = compression.best
     source = generate_c(best.qmodel, best.encodings, prefix=PREFIX)
-    out = out.resolve()
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    report: dict[str, Any] = {}
+
+    def writer(staging: Path) -> None:
         scratch = staging / ".scratch"
         c_facts = _c_section(best, source, data, scratch)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -106,7 +108,7 @@ def write_deployment(
 
         write_harness(source, staging)
         test_accuracy = integer_accuracy(best.qmodel, data.test_x, data.test_y)
-        report: dict[str, Any] = {
+        report.update({
             "prunekit_version": __version__,
             "dataset": data.name,
             "test_samples": len(data.test_y),
@@ -155,13 +157,9 @@ def write_deployment(
             **c_facts,
             "files": [source.header_name, source.source_name, "harness.c"],
             **(extra or {}),
-        }
+        })  # fmt: skip
         report["seconds_writing"] = round(time.perf_counter() - started, 2)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)  # only reached with force (check_output_dir ran first)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    target.write(writer, log)
     return report

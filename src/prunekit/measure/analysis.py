@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._checks import check_module, check_optional
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
@@ -69,7 +70,9 @@ def analyze(
     Layers are listed in the order they first ran, followed by modules that own parameters but
     did not run. The model itself is not modified.
     """
+    check_module(model)
     example = as_example_inputs(inputs)
+    check_optional(name, str, "name", "a display name (a string)")
     macs = count_macs(model, example)
     params = count_params(model)
     modules = dict(model.named_modules())

@@ -10,6 +10,7 @@ synchronised, so queued asynchronous work is never mistaken for a fast call.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._checks import (
+    _got,
+    check_callable,
+    check_device,
+    check_module,
+    check_number,
+    check_optional,
+    check_sequence,
+    check_type,
+)
 from prunekit.errors import BackendError, InputSpecError
-from prunekit.inputs import ExampleInputs, InputSpec, TensorSpec, map_tensors
+from prunekit.inputs import (
+    ExampleInputs,
+    InputSpec,
+    InputSpecTypeError,
+    InputSpecValueError,
+    TensorSpec,
+    map_tensors,
+)
 from prunekit.measure._environment import environment
 from prunekit.measure._stats import LatencySummary, summarize
 from prunekit.measure.backends import backend_class
@@ -52,10 +70,23 @@ class TimingPolicy:
     target_rel_ci: float = 0.02  # stop once the median's 95% CI half-width is within 2%
 
     def __post_init__(self) -> None:
+        for name in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputSpecError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InputSpecError(f"{name} must be a finite number, got {value!r}")
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise InputSpecError("need 1 <= min_repeats <= max_repeats")
         if self.min_time_s < 0 or self.max_time_s < self.min_time_s:
             raise InputSpecError("need 0 <= min_time_s <= max_time_s")
+        if self.warmup_s < 0 or self.warmup_calls < 0:
+            raise InputSpecError("warm-up calls and seconds must be >= 0")
+        if self.target_rel_ci <= 0:
+            raise InputSpecError(
+                f"the target CI (--target-ci) must be a positive fraction such as 0.02, got "
+                f"{self.target_rel_ci}"
+            )
 
 
 @dataclass(frozen=True)
@@ -150,12 +181,74 @@ def _channels_last(example: ExampleInputs) -> ExampleInputs:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    dev = check_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendError("--device cuda was requested but no CUDA device is available here")
     if dev.type not in ("cpu", "cuda"):
         raise BackendError(f"unsupported device {str(device)!r}; use cpu or cuda")
     return dev
+
+
+def _check_latency_arguments(
+    model: Any,
+    inputs: Any,
+    batch_sizes: Any,
+    backend: Any,
+    dtype: Any,
+    threads: Any,
+    policy: Any,
+    progress: Any,
+) -> None:
+    """``measure_latency``'s arguments, checked before anything runs."""
+    check_module(model)
+    if not isinstance(inputs, torch.Tensor) and not (
+        callable(getattr(inputs, "make", None)) and callable(getattr(inputs, "describe", None))
+    ):
+        hint = (
+            "; for a LoadedModel pass loaded.model and loaded.input_spec"
+            if type(inputs).__name__ == "LoadedModel"
+            else ""
+        )
+        raise InputSpecTypeError(
+            "inputs must be an InputSpec, which builds inputs for every batch size (such as "
+            "prunekit.inputs.TensorSpec(((1, 3, 224, 224),)) or LoadedModel.input_spec), or a "
+            f"tensor whose shape (batch dimension first) becomes one; got {_got(inputs)}{hint}"
+        )
+    check_sequence(
+        batch_sizes,
+        "batch_sizes",
+        "a list of positive integers such as [1, 8]",
+        error=InputSpecTypeError,
+    )
+    if len(batch_sizes) == 0:
+        raise InputSpecValueError("give at least one batch size: batch_sizes=[1] for instance")
+    for i, bs in enumerate(batch_sizes):
+        check_number(
+            bs,
+            f"batch_sizes[{i}]",
+            low=1,
+            integer=True,
+            type_error=InputSpecTypeError,
+            value_error=InputSpecValueError,
+        )
+    check_type(
+        backend, str, "backend", "a backend name such as 'eager', 'onnxruntime' or 'compile'"
+    )
+    if not isinstance(dtype, str):
+        raise InputSpecTypeError(
+            f"dtype must be the name of one ({', '.join(map(repr, DTYPES))}), got {_got(dtype)}"
+        )
+    if threads is not None:
+        check_number(
+            threads,
+            "threads",
+            low=1,
+            integer=True,
+            type_error=InputSpecTypeError,
+            value_error=InputSpecValueError,
+        )
+    check_optional(policy, TimingPolicy, "policy", "a prunekit.measure.latency.TimingPolicy")
+    check_callable(progress, "progress", "a function taking one string", optional=True)
 
 
 def measure_latency(
@@ -179,15 +272,13 @@ def measure_latency(
     inputs to NHWC memory format, which CPU convolution kernels often run faster. ``threads`` sets the intra-op thread count of
     PyTorch (and ONNX Runtime) for the duration of the call (default: PyTorch's current one).
     """
+    _check_latency_arguments(model, inputs, batch_sizes, backend, dtype, threads, policy, progress)
+    check_device(device)
     spec: InputSpec = (
         TensorSpec((tuple(inputs.shape),)) if isinstance(inputs, torch.Tensor) else inputs
     )
-    if not batch_sizes:
-        raise InputSpecError("give at least one batch size")
     if dtype not in DTYPES:
         raise InputSpecError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    if threads is not None and threads < 1:
-        raise InputSpecError(f"threads must be a positive integer, got {threads}")
     policy = policy or TimingPolicy()
     dev = resolve_device(device)
     torch_dtype = DTYPES[dtype]

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from prunekit._checks import check_module
 from prunekit._utils import describe_exception, meta_copy, module_device
 from prunekit.errors import ModelForwardError
 from prunekit.inputs import ExampleInputs, as_example_inputs, flatten_tensors
@@ -169,6 +170,7 @@ def count_macs(
     The model is left exactly as it was (same mode, same parameters and buffers). Raises
     ``ModelForwardError`` if the forward pass fails on these inputs.
     """
+    check_module(model)
     example = as_example_inputs(inputs)
     result = None
     on_meta = False

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunekit._checks import check_module
+
 
 @dataclass(frozen=True)
 class ModuleParams:
@@ -38,6 +40,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def count_params(model: nn.Module) -> ParamCount:
     """Count unique parameters and buffers of ``model``, totals and per owning module."""
+    check_module(model)
     seen: set[int] = set()
     by_module: dict[str, ModuleParams] = {}
     params = trainable = nbytes = 0

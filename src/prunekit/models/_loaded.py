@@ -27,6 +27,18 @@ class LoadedModel:
     details: dict[str, Any] = field(default_factory=dict)
     # how to build the original architecture again, as data (see prunekit.artifact)
     recipe: dict[str, Any] = field(default_factory=dict)
+    # the seed of the random initialisation (None: not seeded); weights named in details
+    seed: int | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """What makes two loads the same model: recorded by resumable files, so that a rerun
+        with another model, weights or seed is refused instead of mixed in."""
+        return {
+            "model": self.name,
+            "source": self.source,
+            "weights": self.details.get("weights"),
+            "seed": self.seed,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -26,14 +26,48 @@ def load_model(
     seq_len: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    trust_code: bool = False,
+    seed: int | None = 0,
 ) -> LoadedModel:
     """Resolve ``spec`` (torchvision name, ``module:callable``, ``file.py:callable`` or a
     Hugging Face directory) to a model in eval mode plus the inputs to run it with.
 
     ``input_shapes`` (batch dimension first) replaces the model's default inputs; ``weights``
     is passed to torchvision (e.g. ``"DEFAULT"``); ``model_kwargs`` to a torchvision builder
-    or to the user's callable. Raises ``ModelSourceError`` with a one-line reason.
+    or to the user's callable. ``trust_code``: let a prunekit artifact run the user code its
+    recipe names (see ``prunekit.artifact``); ``trust_remote_code``: let a Hugging Face
+    directory run its own modeling code. ``seed``: the random initialisation of a model built
+    from scratch (torchvision without weights, a callable, weights a checkpoint lacks) is
+    seeded with it, without changing the caller's random state (None: not seeded). Raises
+    ``ModelSourceError`` with a one-line reason.
     """
+    from prunekit._checks import check_type
+
+    check_type(spec, str, "spec", "a model name, module:callable, file.py:callable or directory")
+    if seed is not None:
+        check_type(seed, int, "seed", "an integer such as 0")
+    if seed is None:
+        return _load(spec, weights, input_shapes, seq_len, model_kwargs, trust_remote_code,
+                     trust_code)  # fmt: skip
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaded = _load(spec, weights, input_shapes, seq_len, model_kwargs, trust_remote_code,
+                       trust_code)  # fmt: skip
+    loaded.seed = seed
+    return loaded
+
+
+def _load(
+    spec: str,
+    weights: str | None,
+    input_shapes: list[tuple[int, ...]] | None,
+    seq_len: int | None,
+    model_kwargs: dict[str, Any] | None,
+    trust_remote_code: bool,
+    trust_code: bool,
+) -> LoadedModel:
     spec = spec.strip()
     if not spec:
         raise ModelSourceError("no model given")
@@ -46,7 +80,9 @@ def load_model(
         if (path / "prunekit.json").is_file():
             from prunekit.models import artifact_source
 
-            return artifact_source.build(path, input_shapes=input_shapes, seq_len=seq_len)
+            return artifact_source.build(
+                path, input_shapes=input_shapes, seq_len=seq_len, trust_code=trust_code
+            )
         if huggingface_source.is_hf_dir(path):
             return huggingface_source.build(
                 path,

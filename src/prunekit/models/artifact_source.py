@@ -32,8 +32,9 @@ def build(
     *,
     input_shapes: list[tuple[int, ...]] | None = None,
     seq_len: int | None = None,
+    trust_code: bool = False,
 ) -> LoadedModel:
-    model, manifest = load(path)
+    model, manifest = load(path, trust_code=trust_code)
     saved = load_input_spec(manifest)
     spec = _override(saved, input_shapes or [], seq_len)
     note = "from --input-shape" if input_shapes else "saved with the artifact"

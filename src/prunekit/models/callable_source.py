@@ -26,6 +26,11 @@ def looks_like_callable_spec(spec: str) -> bool:
     return bool(left) and right.isidentifier()
 
 
+def is_file_spec(left: str) -> bool:
+    """Whether the part before ``:`` names a Python file rather than an importable module."""
+    return left.endswith(".py") or "/" in left or "\\" in left
+
+
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise ModelSourceError(f"no such file: {path}")
@@ -63,7 +68,7 @@ def build(
     model_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     left, _, attr = spec.rpartition(":")
-    is_file = left.endswith(".py") or "/" in left or "\\" in left
+    is_file = is_file_spec(left)
     module = _import_file(Path(left)) if is_file else _import_module(left)
     factory = getattr(module, attr, None)
     if factory is None:
@@ -89,6 +94,11 @@ def build(
         )
     model.eval()
     input_spec, note = input_spec_for(model, input_shapes)
+    recipe: dict[str, Any] = {"kind": "callable", "spec": spec, "kwargs": model_kwargs or {}}
+    if is_file:  # an artifact must find this very file again, wherever it is loaded from
+        from prunekit.artifact._recipes import file_record
+
+        recipe["file"] = file_record(Path(left))
     return LoadedModel(
         model=model,
         name=spec,
@@ -96,5 +106,5 @@ def build(
         input_spec=input_spec,
         task="unknown",
         input_note=note,
-        recipe={"kind": "callable", "spec": spec, "kwargs": model_kwargs or {}},
+        recipe=recipe,
     )

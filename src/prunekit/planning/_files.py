@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prunekit._outputs import is_own_file, write_file_atomic
+from prunekit.errors import OutputPathError
 from prunekit.planning.fingerprint import PlanningFileError
 
 
 def write_json_atomic(path: Path, data: Any, *, allow_nan: bool = True) -> None:
-    """Write to a temporary file beside ``path``, flushed to disk, and rename it over
-    ``path``: an interrupted write never leaves a truncated file."""
+    """Write to a staging file beside ``path``, flushed to disk, and rename it over ``path``:
+    an interrupted write never leaves a truncated file. An existing file is replaced only when
+    it is a prunekit file of the same ``format`` as ``data``: never the user's own file."""
     text = json.dumps(data, indent=1, allow_nan=allow_nan) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    kind = data.get("format") if isinstance(data, Mapping) else None
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a directory; give a file name")
+    if path.exists() and not is_own_file(path, (kind,) if isinstance(kind, str) else ()):
+        raise OutputPathError(
+            f"refusing to replace {path}: it is not a prunekit "
+            f"{str(kind or 'JSON').removeprefix('prunekit-').replace('-', ' ')} file"
+        )
+    write_file_atomic(path, lambda f: f.write(text))
 
 
 def read_json(path: Path, what: str) -> Any:
+    if path.is_dir():
+        raise PlanningFileError(f"{what} {path} is a directory; give the JSON file")
     if not path.is_file():
         raise PlanningFileError(f"{what} {path} does not exist")
     try:

@@ -10,7 +10,8 @@ from torch import nn
 
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, as_example_inputs
-from prunekit.planning.fingerprint import check_fingerprint, fingerprint, group_keys
+from prunekit.planning._arguments import check_apply_arguments
+from prunekit.planning.fingerprint import check_fingerprint, fingerprint, group_keys, structure
 from prunekit.planning.planner import Plan, PlanError
 from prunekit.pruning import PruneResult, StructuredPruning, prune
 from prunekit.pruning._tensors import named_tensors
@@ -36,11 +37,14 @@ def apply_plan(
     by the branch's mean output over ``batches`` (calibration inputs; by default the example
     input, a weak estimate that fine-tuning corrects).
     """
+    check_apply_arguments(model, example, plan, graph=graph, scores=scores, batches=batches)
     example = as_example_inputs(example)
     graph = graph or trace_channels(model, example)
+    tensors = named_tensors(model)
     check_fingerprint(
-        "the plan", plan.fingerprint, fingerprint(graph, named_tensors(model), example), plan.model
-    )
+        "the plan", plan.fingerprint, fingerprint(graph, tensors, example), plan.model,
+        groups=plan.sizes, inputs=plan.inputs, now=structure(graph, tensors, example),
+    )  # fmt: skip
     if plan.importance not in ("l1", "l2") and scores is None:
         raise PlanError(
             f"the plan chooses channels by {plan.importance!r}: pass the scores "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,10 +68,73 @@ def fingerprint(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_fingerprint(what: str, recorded: str, actual: str, recorded_model: str = "") -> None:
-    if recorded != actual:
-        model = f" (it was made for {recorded_model})" if recorded_model else ""
-        raise PlanningFileError(
-            f"{what} was computed for a different model or input shape{model}: fingerprint "
-            f"{recorded} != {actual} for this one; recompute it for this model"
+def _shapes(shapes: Sequence[Sequence[int]]) -> str:
+    return ", ".join("x".join(map(str, s)) for s in shapes) or "(no tensors)"
+
+
+def structure_differences(
+    groups: Mapping[str, int],
+    inputs: Sequence[Sequence[int]] | None,
+    now: Mapping[str, Any],
+    *,
+    complete: bool = True,
+    limit: int = 4,
+    noun: str = "file",
+) -> list[str]:
+    """What differs between a file's recorded groups (key -> size) and input shapes and the
+    model's ``structure``: for the message of a fingerprint mismatch. ``complete=False``: the
+    file may lack groups (an interrupted sensitivity run), so missing ones are no difference."""
+    found = []
+    if inputs is not None and [list(s) for s in inputs] != now["inputs"]:
+        found.append(
+            f"it was made with input shapes {_shapes(inputs)}, this model is called with "
+            f"{_shapes(now['inputs'])}"
         )
+    current: Mapping[str, int] = now["groups"]
+    for name, size in groups.items():
+        if name not in current:
+            found.append(f"group {name!r} ({size} channels) is not in this model")
+        elif current[name] != size:
+            found.append(f"group {name!r} has {current[name]} channels here, {size} in the {noun}")
+    extra = [n for n in current if n not in groups]
+    if extra and complete:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        found.append(
+            f"this model has groups the {noun} lacks: {', '.join(map(repr, extra[:3]))}{more}"
+        )
+    if len(found) > limit:
+        found = [*found[:limit], f"and {len(found) - limit} more differences"]
+    return found
+
+
+def check_fingerprint(
+    what: str,
+    recorded: str,
+    actual: str,
+    recorded_model: str = "",
+    *,
+    groups: Mapping[str, int] | None = None,
+    inputs: Sequence[Sequence[int]] | None = None,
+    now: Mapping[str, Any] | None = None,
+    complete: bool = True,
+) -> None:
+    """Raise ``PlanningFileError`` when a file's fingerprint is not the model's, saying what
+    differs when the file recorded its ``groups`` (key -> size) and ``inputs`` and ``now`` is
+    the model's ``structure``."""
+    if recorded == actual:
+        return
+    model = f" (it was made for {recorded_model})" if recorded_model else ""
+    differences = (
+        structure_differences(groups, inputs, now, complete=complete)
+        if groups is not None and now is not None
+        else []
+    )
+    detail = "; ".join(differences) or (
+        "the parameter or buffer shapes differ (the prunable groups match)"
+        if groups is not None and now is not None
+        else f"fingerprint {recorded} != {actual}"
+    )
+    raise PlanningFileError(
+        f"{what} was computed for a different model or input shape{model}: {detail}; "
+        "recompute it for this model"
+    )

@@ -76,7 +76,13 @@ from prunekit.measure.latency import (
     resolve_device,
 )
 from prunekit.planning._files import write_json_atomic
-from prunekit.planning.fingerprint import PlanningFileError, fingerprint, group_keys, structure
+from prunekit.planning.fingerprint import (
+    PlanningFileError,
+    fingerprint,
+    group_keys,
+    structure,
+    structure_differences,
+)
 from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
 from prunekit.pruning import check_groups
 from prunekit.pruning.blocks import drop_blocks, find_residual_blocks
@@ -170,6 +176,8 @@ class LatencyTable:
     notes: list[str] = field(default_factory=list)
     created: str = ""
     blocks: dict[str, float] = field(default_factory=dict)  # residual block -> ms when dropped
+    # what was measured: model name, source, weights, seed (LoadedModel.provenance)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -249,18 +257,14 @@ class LatencyTable:
         tensors = ModelIndex.of(model).tensors
         differences = []
         now = structure(graph, tensors, example)
-        matches = fingerprint(graph, tensors, example) == self.fingerprint
-        if not matches:
-            if now["inputs"] != self.inputs:
-                differences.append(
-                    f"it was measured with input shapes {_shapes(self.inputs)}, this model is "
-                    f"called with {_shapes(now['inputs'])}"
-                )
-            differences += self._group_differences(now["groups"])
-            if not differences:
-                differences.append(
-                    "the parameter or buffer shapes differ (the prunable groups match)"
-                )
+        if fingerprint(graph, tensors, example) != self.fingerprint:
+            recorded = {
+                **{k: v.size for k, v in self.skipped.items()},
+                **{k: g.size for k, g in self.groups.items()},
+            }
+            differences += structure_differences(recorded, self.inputs, now, noun="table") or [
+                "the parameter or buffer shapes differ (the prunable groups match)"
+            ]
         if batch_size is not None and batch_size != self.batch_size:
             differences.append(f"it was measured at batch size {self.batch_size}, not {batch_size}")
         if differences:
@@ -270,23 +274,6 @@ class LatencyTable:
                 + "; ".join(differences)
                 + ". Profile this model again on the target device (prunekit profile)"
             )
-
-    def _group_differences(self, now: Mapping[str, int]) -> list[str]:
-        found = []
-        for name, g in self.groups.items():
-            if name not in now:
-                found.append(f"group {name!r} ({g.size} channels) is not in this model")
-            elif now[name] != g.size:
-                found.append(f"group {name!r} has {now[name]} channels here, {g.size} in the table")
-        extra = [n for n in now if n not in self.groups and n not in self.skipped]
-        if extra:
-            more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-            found.append(
-                f"this model has groups the table lacks: {', '.join(map(repr, extra[:3]))}{more}"
-            )
-        if len(found) > 4:
-            found = [*found[:4], f"and {len(found) - 4} more differences"]
-        return found
 
     # ---------------------------------------------------------------- files
 
@@ -306,6 +293,7 @@ class LatencyTable:
             "notes": self.notes,
             "created": self.created,
             "blocks": self.blocks,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -347,6 +335,7 @@ class LatencyTable:
                 notes=[str(n) for n in data.get("notes", [])],
                 created=str(data.get("created", "")),
                 blocks={str(k): float(v) for k, v in data.get("blocks", {}).items()},
+                provenance=dict(data.get("provenance", {})),
             )
         except LatencyTableError as exc:
             raise LatencyTableError(f"{source} is malformed: {exc}") from None
@@ -389,10 +378,6 @@ class LatencyTable:
         except json.JSONDecodeError as exc:
             raise LatencyTableError(f"latency table {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data, f"latency table {path}")
-
-
-def _shapes(shapes: Sequence[Sequence[int]]) -> str:
-    return ", ".join("x".join(map(str, s)) for s in shapes) or "(no tensors)"
 
 
 # -------------------------------------------------------------------- measurement

@@ -59,6 +59,7 @@ from prunekit.planning.fingerprint import (
     check_fingerprint,
     fingerprint,
     group_keys,
+    structure,
 )
 from prunekit.planning.sensitivity import Sensitivity
 from prunekit.pruning.blocks import drop_blocks
@@ -144,6 +145,9 @@ class Plan:
     importance: str = "l1"  # the criterion choosing which channels go (as when planned)
     notes: list[str] = field(default_factory=list)
     drop_blocks: list[str] = field(default_factory=list)  # residual blocks losing their branch
+    inputs: list[list[int]] | None = None  # example input shapes (in the fingerprint)
+    # what it was planned from: model, weights, seed, sensitivity and latency files
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -164,6 +168,10 @@ class Plan:
                 importance=str(data.get("importance", "l1")),
                 notes=[str(n) for n in data.get("notes", [])],
                 drop_blocks=[str(b) for b in data.get("drop_blocks", [])],
+                inputs=[[int(d) for d in s] for s in data["inputs"]]
+                if data.get("inputs")
+                else None,
+                provenance=dict(data.get("provenance", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanningFileError(f"{source} is malformed: {exc!r}") from None
@@ -379,12 +387,23 @@ def make_plan(
     ``blocks``: let the plan drop the residual blocks the sensitivity file measured
     (``Plan.drop_blocks``; with a latency table, only those the table measured too).
     """
+    from prunekit.planning._arguments import check_plan_arguments
+
+    check_plan_arguments(
+        model, example, graph, sensitivity, target, lut=lut, scores=scores, round_to=round_to,
+        protect=protect, importance=importance, latency_weight=latency_weight, log=log,
+    )  # fmt: skip
     example = as_example_inputs(example)
     if round_to < 1:
         raise PlanError(f"round_to must be a positive integer, got {round_to}")
     index = ModelIndex.of(model)
     fp = fingerprint(graph, index.tensors, example)
-    check_fingerprint("the sensitivity file", sensitivity.fingerprint, fp, sensitivity.model)
+    now = structure(graph, index.tensors, example)
+    check_fingerprint(
+        "the sensitivity file", sensitivity.fingerprint, fp, sensitivity.model,
+        groups={k: g.size for k, g in sensitivity.groups.items()}, inputs=sensitivity.inputs,
+        now=now, complete=False,
+    )  # fmt: skip
     if latency_weight < 0 or (latency_weight > 0 and lut is None):
         raise PlanError("latency_weight must be >= 0 and needs a latency table (lut)")
     if target.kind == "latency_ms" and lut is None:
@@ -595,6 +614,7 @@ def make_plan(
         importance=importance if scores is not None else "l1",
         notes=notes,
         drop_blocks=dropped,
+        inputs=now["inputs"],
     )
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit._outputs import save_figure
 from prunekit._utils import meta_copy, module_device
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs, as_example_inputs
@@ -45,6 +46,7 @@ from prunekit.planning.fingerprint import (
     check_fingerprint,
     fingerprint,
     group_keys,
+    structure,
 )
 from prunekit.pruning.blocks import drop_blocks, find_residual_blocks, internal_modules
 from prunekit.pruning.importance import atom_scores
@@ -192,6 +194,9 @@ class Sensitivity:
     base_params: int
     groups: dict[str, GroupSensitivity] = field(default_factory=dict)
     blocks: dict[str, BlockSensitivity] = field(default_factory=dict)
+    inputs: list[list[int]] | None = None  # example input shapes (in the fingerprint)
+    # how it was measured (model, weights, seed, data, samples...): a resumed run must match
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -226,6 +231,10 @@ class Sensitivity:
                 base_params=int(data["base_params"]),
                 groups=groups,
                 blocks=blocks,
+                inputs=[[int(d) for d in s] for s in data["inputs"]]
+                if data.get("inputs")
+                else None,
+                settings=dict(data.get("settings", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanningFileError(f"{source} is malformed: {exc!r}") from None
@@ -261,8 +270,10 @@ class Sensitivity:
             left.legend(fontsize=6, ncol=2)
         fig.suptitle(f"sensitivity of {self.model or 'the model'} per group")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            save_figure(fig, path, dpi=110)
+        finally:
+            plt.close(fig)
 
 
 def _check_ratios(ratios: Sequence[float]) -> list[float]:
@@ -287,6 +298,8 @@ def analyze_sensitivity(
     model_name: str = "",
     blocks: bool = True,
     block_batches: Sequence[ExampleInputs | torch.Tensor] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    fresh: bool = False,
     log: Log = lambda _: None,
 ) -> Sensitivity:
     """Sweep every prunable group of ``model`` over ``ratios`` and measure ``metric``.
@@ -299,7 +312,18 @@ def analyze_sensitivity(
     ``blocks``: also measure dropping each residual block alone (``prunekit.pruning.blocks``:
     its branch replaced by the branch's mean output over ``block_batches``, by default the
     metric's calibration batches when it has them, else the example input).
+
+    ``settings``: how this run measures (JSON data: the model's weights and seed, the data
+    source, the number of samples...), recorded in the file; resuming a file recorded with
+    other settings is refused, naming what differs, unless ``fresh`` (start over, replacing it).
     """
+    from prunekit.planning._arguments import check_sensitivity_arguments
+
+    check_sensitivity_arguments(
+        model, example, graph, metric, ratios=ratios, scores=scores, round_to=round_to,
+        cache=cache, model_name=model_name, block_batches=block_batches, settings=settings,
+        log=log,
+    )  # fmt: skip
     example = as_example_inputs(example)
     ratios = _check_ratios(ratios)
     index = ModelIndex.of(model)
@@ -319,10 +343,16 @@ def analyze_sensitivity(
     base_macs = macs_of(model, example)
     base_params = params_of(model)
     path = Path(cache) if cache is not None else None
+    settings = dict(settings or {})
     result: Sensitivity | None = None
-    if path is not None and path.exists():
+    if path is not None and path.exists() and not fresh:
         result = Sensitivity.load(path)
-        check_fingerprint(f"sensitivity file {path}", result.fingerprint, fp, result.model)
+        check_fingerprint(
+            f"sensitivity file {path}", result.fingerprint, fp, result.model,
+            groups={k: g.size for k, g in result.groups.items()}, inputs=result.inputs,
+            now=structure(graph, tensors, example), complete=False,
+        )  # fmt: skip
+        _check_settings(path, result.settings, settings)
         if result.metric != metric_name or not np.allclose(result.ratios, ratios):
             raise PlanningFileError(
                 f"sensitivity file {path} was measured with metric {result.metric} and ratios "
@@ -332,7 +362,9 @@ def analyze_sensitivity(
         if result.groups:
             log(f"resuming {path}: {len(result.groups)} groups already measured")
     if result is None:
-        result = Sensitivity(fp, model_name, metric_name, ratios, base_macs, base_params)
+        result = Sensitivity(fp, model_name, metric_name, ratios, base_macs, base_params,
+                             inputs=[list(t.shape) for t in example.tensors()],
+                             settings=settings)  # fmt: skip
 
     keys = group_keys(graph)
     magnitude_cache: dict[int, torch.Tensor] = {}
@@ -387,6 +419,21 @@ def analyze_sensitivity(
         _block_sensitivity(model, graph, metric, result, batches, meta_model, meta_example,
                            path, log)  # fmt: skip
     return result
+
+
+def _check_settings(path: Path, recorded: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """A resumed file must have been measured the way this run measures."""
+    differences = [
+        f"{key} {recorded.get(key)!r} there, {now.get(key)!r} now"
+        for key in sorted(set(recorded) | set(now))
+        if recorded.get(key) != now.get(key)
+    ]
+    if differences:
+        raise PlanningFileError(
+            f"sensitivity file {path} was measured with other settings ({'; '.join(differences)}); "
+            "rerun with the same settings to resume, choose another file, or pass --force "
+            "(fresh=True) to measure again from the start"
+        )
 
 
 def _block_sensitivity(

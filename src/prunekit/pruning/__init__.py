@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._checks import check_module
 from prunekit._utils import describe_exception, meta_copy, swapped_to_meta, without_gc
+from prunekit.errors import InvalidArgumentError
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.graph._fast_meta import FastMetaNorms
 from prunekit.inputs import ExampleInputs, as_example_inputs, doubled
@@ -54,6 +56,7 @@ class PruneResult:
     plans: list[GroupPlan]
     surgery: SurgeryRecord
     skipped: dict[str, str] = field(default_factory=dict)  # group -> why it was left alone
+    notes: list[str] = field(default_factory=list)  # what did not go exactly as configured
 
     @property
     def removed_atoms(self) -> int:
@@ -82,6 +85,7 @@ class PruneResult:
         return {
             "groups": self.groups_table(),
             "skipped": self.skipped,
+            "notes": self.notes,
             "shapes": {k: {"before": v[0], "after": v[1]} for k, v in self.surgery.shapes.items()},
             "graph": {
                 "prunable_groups": len(self.graph.prunable),
@@ -252,11 +256,17 @@ def prune(
     ``keep``: exact channel counts for some groups (``group.id -> kept``), as a plan from
     ``prunekit.planning`` gives them; they override the config's ratios for those groups.
     """
+    check_module(model)
     if config is None:
         config = StructuredPruning(**settings)
     elif settings:
         raise PruneConfigError(
             "pass either a StructuredPruning config or keyword settings, not both"
+        )
+    elif not isinstance(config, StructuredPruning):
+        raise InvalidArgumentError(
+            f"config must be a StructuredPruning, got {type(config).__name__} (for transformer "
+            "heads and FFN neurons use prunekit.pruning.transformer.prune_transformer)"
         )
     if scores is None and config.importance in DATA_IMPORTANCE:
         raise PruneConfigError(
@@ -299,4 +309,10 @@ def prune(
             f"pruning broke the forward pass ({describe_exception(error)}); the model was "
             "restored unchanged. Please report this model to prunekit."
         ) from error
-    return PruneResult(graph, plans, record, skipped)
+    notes = [
+        f"group {p.group.name} has {p.group.size} channels, fewer than round_to="
+        f"{config.round_to}: its kept count ({p.kept}) is not a multiple of {config.round_to}"
+        for p in plans
+        if config.round_to > 1 and p.group.size < config.round_to
+    ]
+    return PruneResult(graph, plans, record, skipped, notes)

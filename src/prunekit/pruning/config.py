@@ -33,14 +33,45 @@ def matches(pattern: str, name: str) -> bool:
     return name == pattern or name.startswith(pattern + ".")
 
 
-def _check_pattern(pattern: str, what: str) -> None:
+_MODULE_NAME = re.compile(r"[\w.]+")
+
+
+def check_pattern(pattern: Any, what: str) -> None:
+    """A pattern as a user types it: ``re:<regex>``, a module name, or (on the command line) a
+    bare regular expression; a regex must compile."""
+    if not isinstance(pattern, str) or not pattern:
+        raise PruneConfigError(f"{what}: pattern must be a non-empty string, got {pattern!r}")
+    regex = pattern[3:] if pattern.startswith("re:") else pattern
+    if pattern.startswith("re:") or not _MODULE_NAME.fullmatch(pattern):
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise PruneConfigError(f"{what}: invalid regex {regex!r}: {exc}") from None
+
+
+def _check_pattern(pattern: Any, what: str) -> None:
+    """A configuration pattern: an exact module name, or ``re:<regex>`` that compiles."""
     if not isinstance(pattern, str) or not pattern:
         raise PruneConfigError(f"{what}: pattern must be a non-empty string, got {pattern!r}")
     if pattern.startswith("re:"):
-        try:
-            re.compile(pattern[3:])
-        except re.error as exc:
-            raise PruneConfigError(f"{what}: invalid regex {pattern!r}: {exc}") from None
+        check_pattern(pattern, what)
+
+
+def as_patterns(values: Iterable[str], module_names: Iterable[str]) -> tuple[str, ...]:
+    """Command-line patterns: module names stay names, anything else becomes ``re:``."""
+    names = set(module_names)
+    return tuple(v if v.startswith("re:") or v in names else "re:" + v for v in values)
+
+
+def check_patterns_match(patterns: Iterable[str], module_names: list[str], what: str) -> None:
+    """Every pattern must match at least one module (a typo must not silently do nothing);
+    name the closest ones if not."""
+    for pattern in patterns:
+        if not any(matches(pattern, n) for n in module_names):
+            target = pattern[3:] if pattern.startswith("re:") else pattern
+            close = difflib.get_close_matches(target, module_names, n=3, cutoff=0.5)
+            hint = f"; closest modules: {', '.join(close)}" if close else ""
+            raise PruneConfigError(f"{what} pattern {pattern!r} matches no module{hint}")
 
 
 def _check_ratio(value: Any, what: str) -> float:
@@ -105,13 +136,8 @@ class StructuredPruning:
 
     def check_patterns(self, module_names: list[str]) -> None:
         """Every pattern must match at least one module; name the closest ones if not."""
-        for what, patterns in (("ignore", self.ignore), ("ratios", tuple(self.ratios))):
-            for pattern in patterns:
-                if not any(matches(pattern, n) for n in module_names):
-                    target = pattern[3:] if pattern.startswith("re:") else pattern
-                    close = difflib.get_close_matches(target, module_names, n=3, cutoff=0.5)
-                    hint = f"; closest modules: {', '.join(close)}" if close else ""
-                    raise PruneConfigError(f"{what} pattern {pattern!r} matches no module{hint}")
+        check_patterns_match(self.ignore, module_names, "ignore")
+        check_patterns_match(tuple(self.ratios), module_names, "ratios")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -24,13 +24,15 @@ Criteria: ``importance`` (mask-gradient importance, ``criteria.head_importance``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from prunekit._checks import _got, check_callable, check_module, check_number
+from prunekit.errors import InvalidArgumentError, InvalidValueError
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.pruning import PruneResult, StructuredPruning, prune
@@ -39,6 +41,22 @@ from prunekit.pruning.config import PruneConfigError
 CRITERIA = ("importance", "magnitude", "random")
 ALLOCATIONS = ("global", "uniform")
 Log = Callable[[str], None]
+
+
+class PruneConfigTypeError(PruneConfigError, InvalidArgumentError):
+    """A transformer pruning setting of the wrong type (also a ``TypeError``)."""
+
+
+class PruneConfigValueError(PruneConfigError, InvalidValueError):
+    """A transformer pruning setting with an impossible value (also a ``ValueError``)."""
+
+
+def _check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
+    options = ", ".join(choices)
+    if not isinstance(value, str):
+        raise PruneConfigTypeError(f"{name} must be one of {options} (a string), got {_got(value)}")
+    if value not in choices:
+        raise PruneConfigValueError(f"unknown {name} {value!r}; choose one of: {options}")
 
 
 @dataclass(frozen=True)
@@ -54,22 +72,31 @@ class TransformerPruning:
     ffn_allocation: str = "uniform"
 
     def __post_init__(self) -> None:
+        # PruneConfigError as before; the wrong type is also a TypeError, the wrong value a
+        # ValueError (PruneConfigTypeError, PruneConfigValueError)
         for name in ("heads", "ffn"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise PruneConfigError(f"{name} must be a fraction in [0, 1), got {value!r}")
-        if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
-            raise PruneConfigError(f"layers must be a non-negative integer, got {self.layers!r}")
+            message = f"{name} must be a fraction in [0, 1), got {value!r}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PruneConfigTypeError(message)
+            if not 0 <= value < 1:
+                raise PruneConfigValueError(message)
+        message = f"layers must be a non-negative integer, got {self.layers!r}"
+        if isinstance(self.layers, bool) or not isinstance(self.layers, int):
+            raise PruneConfigTypeError(message)
+        if self.layers < 0:
+            raise PruneConfigValueError(message)
         for name in ("head_allocation", "ffn_allocation"):
-            if getattr(self, name) not in ALLOCATIONS:
-                raise PruneConfigError(
-                    f"unknown {name} {getattr(self, name)!r}; choose one of: "
-                    f"{', '.join(ALLOCATIONS)}"
-                )
-        if self.criterion not in CRITERIA:
-            raise PruneConfigError(
-                f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
-            )
+            _check_choice(getattr(self, name), name, ALLOCATIONS)
+        _check_choice(self.criterion, "criterion", CRITERIA)
+        check_number(
+            self.seed,
+            "seed",
+            low=0,
+            integer=True,
+            type_error=PruneConfigTypeError,
+            value_error=PruneConfigValueError,
+        )
 
 
 @dataclass
@@ -159,10 +186,32 @@ def prune_transformer(
     """Prune ``model`` in place. ``example``: inputs for one forward pass *without padding*
     (the tracer tells heads apart only then); ``calibration``: batches for the importance
     scores (padded tokenised batches are fine)."""
+    check_module(model)
+    example = as_example_inputs(example, "example")
+    if isinstance(calibration, (str, bytes, Mapping)) or not hasattr(calibration, "__iter__"):
+        raise InvalidArgumentError(
+            "calibration must be an iterable of batches, such as "
+            "prunekit.evaluate.embedding.sentence_batches(tokenizer, sentences) (wrap a single "
+            f"batch in a list), got {_got(calibration)}"
+        )
+    if not isinstance(config, TransformerPruning):
+        hint = (
+            " (channels of convolutions and linear layers are pruned by prunekit.pruning.prune)"
+            if isinstance(config, StructuredPruning)
+            else ""
+        )
+        raise InvalidArgumentError(
+            "config must be a prunekit.pruning.transformer.TransformerPruning, such as "
+            f"TransformerPruning(heads=0.5, ffn=0.5), got {_got(config)}{hint}"
+        )
+    check_callable(loss_fn, "loss_fn", "a function (model, batch) -> loss", optional=True)
+    check_callable(
+        embedding_fn, "embedding_fn", "a function (model, batch) -> embeddings", optional=True
+    )
+    check_callable(log, "log", "a function taking one string")
     from prunekit.criteria.head_importance import transformer_groups
     from prunekit.criteria.layer_importance import drop_layers, encoder_layers, layer_importance
 
-    example = as_example_inputs(example)
     batches = list(calibration)
     result = TransformerPruneResult()
     if config.layers:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
@@ -29,7 +30,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from prunekit.errors import PrunekitError
+from prunekit._checks import _got, check_module
+from prunekit.errors import InvalidArgumentError, InvalidValueError, PrunekitError
 
 Scope = Literal["global", "layer"]
 _SCOPES = ("global", "layer")
@@ -39,6 +41,14 @@ __all__ = ["MaskSet", "Scope", "SparsityError", "magnitude_masks", "nm_mask"]
 
 class SparsityError(PrunekitError):
     """A sparsity level, mask, N:M pattern or parameter name given by the user is invalid."""
+
+
+class SparsityTypeError(SparsityError, InvalidArgumentError):
+    """An argument of the wrong type (also a ``TypeError``)."""
+
+
+class SparsityValueError(SparsityError, InvalidValueError):
+    """An argument with an impossible value (also a ``ValueError``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,13 +72,11 @@ def _unknown_names_error(unknown: Iterable[str], valid: Iterable[str], what: str
 def _check_sparsity(value: Any, what: str) -> float:
     # 1.0 is rejected on purpose: pruning every weight of a tensor is never what a user means,
     # and it usually comes from passing a percentage (e.g. 90) scaled wrongly.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or math.isnan(value)
-        or not 0.0 <= value < 1.0
-    ):
-        raise SparsityError(f"{what} must be a number in [0, 1), got {value!r}")
+    message = f"{what} must be a number in [0, 1), got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SparsityTypeError(message)
+    if math.isnan(value) or not 0.0 <= value < 1.0:
+        raise SparsityValueError(message)
     return float(value)
 
 
@@ -76,14 +84,37 @@ def _check_nm(n: Any, m: Any) -> tuple[int, int]:
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    if not (is_int(n) and is_int(m) and 0 < n <= m):
-        raise SparsityError(f"N:M sparsity needs integers with 0 < n <= m, got n={n!r}, m={m!r}")
+    message = f"N:M sparsity needs integers with 0 < n <= m, got n={n!r}, m={m!r}"
+    if not (is_int(n) and is_int(m)):
+        raise SparsityTypeError(message)
+    if not 0 < n <= m:
+        raise SparsityValueError(message)
     return n, m
 
 
 def _check_scope(scope: Any) -> None:
+    message = f"scope must be 'global' or 'layer', got {scope!r}"
+    if not isinstance(scope, str):
+        raise SparsityTypeError(message)
     if scope not in _SCOPES:
-        raise SparsityError(f"scope must be 'global' or 'layer', got {scope!r}")
+        raise SparsityValueError(message)
+
+
+def _check_tensors(value: Any, name: str, example: str, *, optional: bool = False) -> None:
+    """``value`` must be a mapping of names to tensors (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if not callable(getattr(value, "items", None)):  # a dict, or an nn.ParameterDict
+        hint = ""
+        if isinstance(value, nn.Module):
+            hint = "; for a model pass dict(model.named_parameters()), or only the weights to prune"
+        raise SparsityTypeError(f"{name} must be a dict of {example}, got {_got(value)}{hint}")
+    for key, tensor in value.items():
+        if not isinstance(tensor, Tensor):
+            raise SparsityTypeError(
+                f"{name}[{key!r}] must be a tensor ({name} is a dict of {example}), "
+                f"got {_got(tensor)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +217,11 @@ def magnitude_masks(
     ``|w|`` as the importance (larger = more important). Ties are broken deterministically:
     among equal scores the one earlier in flattened order (tensors in mapping order) is pruned.
     """
+    _check_tensors(weights, "weights", "parameter names to weight tensors")
+    if not isinstance(sparsity, Mapping):
+        _check_sparsity(sparsity, "sparsity")
     _check_scope(scope)
+    _check_tensors(scores, "scores", "weight names to importance tensors", optional=True)
     importance = _importance(weights, scores)
     if scope == "layer":
         targets = _layer_sparsities(list(weights), sparsity)
@@ -237,7 +272,13 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     ``nm_mask(w, 2, 4)`` is the 2:4 pattern sparse tensor cores accelerate (use the input
     dimension: ``dim=1`` for Linear and Conv weights). Ties keep the earlier element.
     """
+    if not isinstance(weight, Tensor):
+        raise SparsityTypeError(
+            f"weight must be a tensor (such as model.fc.weight), got {_got(weight)}"
+        )
     n, m = _check_nm(n, m)
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise SparsityTypeError(f"dim must be an integer such as 1 or -1, got {_got(dim)}")
     dim = _check_nm_shape(weight.shape, m, dim, "the weight")
     return _nm_keep(weight.detach().abs(), n, m, dim)
 
@@ -260,6 +301,11 @@ class MaskSet:
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+        check_module(model)
+        if not isinstance(masks, Mapping):
+            raise SparsityTypeError(
+                f"masks must be a dict of parameter names to bool tensors, got {_got(masks)}"
+            )
         self._model = model
         # remove_duplicate=False so that any alias of a tied parameter is accepted
         self._params: dict[str, nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))

@@ -13,7 +13,7 @@ evaluated only at update steps ``t0, t0 + frequency, ...`` and ``end`` (held in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -22,10 +22,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from prunekit._checks import _got, check_callable, check_module
 from prunekit.sparsity.masks import (
     MaskSet,
     Scope,
     SparsityError,
+    SparsityTypeError,
+    SparsityValueError,
     _check_nm,
     _check_nm_shape,
     _check_scope,
@@ -41,8 +44,11 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _check_step(value: Any, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SparsityError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    message = f"{what} must be an integer >= {minimum}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SparsityTypeError(message)
+    if value < minimum:
+        raise SparsityValueError(message)
     return value
 
 
@@ -64,7 +70,7 @@ class CubicSchedule:
         _check_sparsity(self.initial_sparsity, "initial_sparsity")
         _check_sparsity(self.final_sparsity, "final_sparsity")
         if self.initial_sparsity > self.final_sparsity:
-            raise SparsityError(
+            raise SparsityValueError(
                 f"initial_sparsity ({self.initial_sparsity}) must not exceed "
                 f"final_sparsity ({self.final_sparsity})"
             )
@@ -148,7 +154,20 @@ class GradualPruner:
         nm: tuple[int, int] | None = None,
         score: Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]] | None = None,
     ) -> None:
+        check_module(model)
+        if not isinstance(schedule, CubicSchedule):
+            raise SparsityTypeError(
+                "schedule must be a prunekit.sparsity.CubicSchedule, such as CubicSchedule("
+                "initial_sparsity=0.0, final_sparsity=0.8, begin_step=0, end_step=1000, "
+                f"frequency=100), got {_got(schedule)}"
+            )
         _check_scope(scope)
+        if final_sparsity_by_name is not None and not isinstance(final_sparsity_by_name, Mapping):
+            raise SparsityTypeError(
+                "final_sparsity_by_name must be a dict of parameter names to sparsities, or "
+                f"None, got {_got(final_sparsity_by_name)}"
+            )
+        check_callable(score, "score", "a function (parameters by name) -> scores", optional=True)
         self._score = score
         self._model = model
         self._schedule = schedule
@@ -168,8 +187,17 @@ class GradualPruner:
 
     def _resolve_names(self, model: nn.Module, parameters: Sequence[str] | None) -> list[str]:
         if isinstance(parameters, str):
-            raise SparsityError(
+            raise SparsityTypeError(
                 f"parameters must be a sequence of names, not the string {parameters!r}"
+            )
+        if parameters is not None and (
+            not isinstance(parameters, Iterable)
+            or not hasattr(parameters, "__len__")
+            or not all(isinstance(name, str) for name in parameters)
+        ):
+            raise SparsityTypeError(
+                "parameters must be a sequence of parameter names such as ['fc.weight'], or "
+                f"None, got {_got(parameters)}"
             )
         if parameters is None:
             names = _default_parameters(model)
@@ -208,7 +236,7 @@ class GradualPruner:
         if nm is None:
             return None
         if not isinstance(nm, tuple) or len(nm) != 2:
-            raise SparsityError(f"nm must be a pair (n, m) such as (2, 4), got {nm!r}")
+            raise SparsityTypeError(f"nm must be a pair (n, m) such as (2, 4), got {nm!r}")
         n, m = _check_nm(*nm)
         for name, param in self._params.items():
             _check_nm_shape(param.shape, m, _nm_dim(param), repr(name))

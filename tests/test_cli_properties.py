@@ -1,0 +1,226 @@
+"""Property tests over each command's arguments: whatever a user types, the command exits 0 or
+1, never shows a traceback or calls a user mistake an "internal error", and creates or changes
+nothing outside its --out (every file around it is compared byte for byte before and after).
+
+Arguments are drawn from pools mixing valid values with the mistakes users make: typos,
+out-of-range numbers, NaN, paths that are files, directories, the working directory, a parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prunekit.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+NET = "import torch\nfrom torch import nn\n\nNOT_CALLABLE = 3\n\ndef net(width=8):\n    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))\n"  # fmt: skip
+
+MODELS = ["net.py:net", "net.py:net", "net.py:missing", "nope.py:net", "net.py:NOT_CALLABLE",
+          "net.py", "no_such_model_xyz", "user-dir", "", "os:system", "net.py:net"]  # fmt: skip
+OUTS = ["out", "out", "sub/out", ".", "..", "notes.txt", "user-dir", "notes.txt/x", "", "~"]
+FILE_OUTS = ["o.json", "o.json", "sub/o.json", ".", "..", "notes.txt", "user-dir",
+             "notes.txt/x", "", "s.json"]  # fmt: skip
+SHAPES = ["1,3,16,16", "1,3,16,16", "1,3,0,16", "x", "1,3,16", "-1,3,16,16", "1,3,16,16,"]
+NUMBERS = ["0", "1", "-1", "nan", "inf", "x", "1e9", "0.5"]
+RATIOS = ["0.5", "0.3", "1.5", "-0.1", "nan", "x", "1"]
+PATTERNS = ["0", "2", "re:0", "re:((", "layer[", "zzz", "re:.*"]
+COMMON = {
+    "--input-shape": SHAPES,
+    "--seed": ["0", "1", "x", "-1"],
+    "--model-kwargs": ['{"width": 4}', "{not json", "[1]", '{"nope": 1}'],
+    "--weights": ["DEFAULT", "NOPE"],
+    "--seq-len": ["0", "8", "x"],
+}
+OPTIONS: dict[str, dict[str, list[str]]] = {
+    "analyze": {**COMMON, "--top": ["3", "0", "-1", "x"]},
+    "bench": {**COMMON, "--batch-sizes": ["1", "1,2", "0", "x", "1,,2"],
+              "--threads": ["1", "0", "4096", "x"], "--min-time": ["0", "-1", "nan"],
+              "--max-time": ["0.02", "0", "nan", "inf"], "--min-repeats": ["2", "0", "-5"],
+              "--target-ci": ["0.5", "0", "nan", "-1", "inf"],
+              "--backend": ["eager", "nope"], "--device": ["cpu", "tpu"]},
+    "prune": {**COMMON, "--ratio": RATIOS, "--round-to": ["1", "8", "0", "-3", "x"],
+              "--ignore": PATTERNS, "--importance": ["l1", "l2", "nope"],
+              "--target": ["macs=0.7", "macs=0", "flops=0.5", "macs=x"],
+              "--plan": ["p.json", ".", "notes.txt", "missing.json"],
+              "--calibration": ["user-dir", "missing-dir", "notes.txt"]},
+    "sensitivity": {**COMMON, "--ratios": ["0.5", "0.3,0.6", "0", "1.5", "x", ""],
+                    "--metric": ["kl", "top1", "nope"], "--samples": ["4", "0", "-1"],
+                    "--batch-size": ["2", "0"], "--data": ["user-dir", "missing-dir", "notes.txt"],
+                    "--plot": ["c.png", "c.pdf", "notes.txt", "notes.txt/c.png", "user-dir"]},
+    "profile": {**COMMON, "--fractions": ["1,0.5", "1,1.5", "x", "0"],
+                "--round-to": ["1", "0", "x"], "--threads": ["1", "0", "4096"],
+                "--min-time": ["0", "-1", "nan"], "--max-time": ["0.02", "0", "nan", "inf"],
+                "--batch-size": ["1", "0"], "--backend": ["eager", "nope"]},
+    "plan": {**COMMON, "--target": ["macs=0.8", "params=0.9", "macs=0", "nope=1", "bytes=lots"],
+             "--sensitivity": ["s.json", "s.json", "missing.json", "notes.txt", "."],
+             "--protect": PATTERNS, "--round-to": ["1", "0", "x"],
+             "--latency-weight": ["1", "nan", "-1"], "--lut": ["missing.json", "notes.txt"]},
+}  # fmt: skip
+FLAGS = {"prune": ["--force", "--json", "--trust-code"], "plan": ["--force"],
+         "profile": ["--force", "--quick"], "sensitivity": ["--force", "--no-blocks"],
+         "bench": ["--json", "--channels-last"], "analyze": ["--json"]}  # fmt: skip
+REQUIRED = {"prune": "--ratio", "plan": "--target", "profile": None, "sensitivity": None,
+            "bench": "--batch-sizes", "analyze": None}  # fmt: skip
+TAKES_OUT = {"prune": OUTS, "sensitivity": FILE_OUTS, "profile": FILE_OUTS, "plan": FILE_OUTS}
+FAST_TIMING = ["--min-time", "0", "--max-time", "0.02", "--min-repeats", "2"]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's working directory: their model file, notes, a folder of their own, a plan and
+    a sensitivity file made for the model."""
+    root = tmp_path_factory.mktemp("template") / "home" / "work"
+    root.mkdir(parents=True)
+    (root / "net.py").write_text(NET)
+    (root / "notes.txt").write_text("the user's notes\n")
+    (root.parent / "notes.txt").write_text("notes one level up\n")
+    (root / "user-dir").mkdir()
+    (root / "user-dir" / "data.csv").write_text("a,b\n")
+    with _cwd(root):
+        shape = ["--input-shape", "1,3,16,16"]
+        assert _main(["sensitivity", "net.py:net", *shape, "--ratios", "0.5", "--out", "s.json"])[0] == 0
+        assert _main(["plan", "net.py:net", *shape, "--target", "macs=0.8", "--sensitivity",
+                      "s.json", "--out", "p.json"])[0] == 0  # fmt: skip
+    return root
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def _snapshot(root: Path, skip: list[Path]) -> dict[str, str]:
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if any(path == s or s in path.parents for s in skip):
+            continue
+        if path.is_file():
+            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            found[str(path.relative_to(root)) + "/"] = "dir"
+    return found
+
+
+@st.composite
+def command_lines(draw: st.DrawFn, command: str) -> list[str]:
+    argv = [command, draw(st.sampled_from(MODELS))]
+    options = OPTIONS[command]
+    chosen = draw(st.lists(st.sampled_from(sorted(options)), max_size=4, unique=True))
+    required = REQUIRED[command]
+    if required and required not in chosen and draw(st.booleans()):
+        chosen.append(required)
+    for option in chosen:
+        argv += [option, draw(st.sampled_from(options[option]))]
+    argv += draw(st.lists(st.sampled_from(FLAGS[command]), max_size=2, unique=True))
+    if command in TAKES_OUT and draw(st.integers(0, 9)) > 0:
+        argv += ["--out", draw(st.sampled_from(TAKES_OUT[command]))]
+    if command in ("bench", "profile"):
+        argv += FAST_TIMING if command == "bench" else ["--quick"]
+    return argv
+
+
+def _check(template: Path, argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` in a fresh copy of the user's directory and check the properties; returns
+    the exit status and stderr."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        shutil.copytree(template.parent, home)
+        work = home / "work"
+        out = argv[argv.index("--out") + 1] if "--out" in argv else None
+        skip = [(work / out).resolve()] if out and out not in (".", "..", "~") else []
+        before = _snapshot(home, skip)
+        previous_home = os.environ.get("HOME")
+        os.environ["HOME"] = str(home)
+        try:
+            with _cwd(work):
+                code, stdout, stderr = _main(argv)
+        finally:
+            if previous_home is not None:
+                os.environ["HOME"] = previous_home
+        assert code in (0, 1), (argv, code, stderr)
+        assert "Traceback" not in stderr and "internal error" not in stderr, (argv, stderr)
+        if code == 1:  # one line, unless progress lines came before the error
+            assert stderr.strip().splitlines()[-1].startswith("prunekit"), (argv, stderr)
+        assert _snapshot(home, skip) == before, argv
+        return code, stderr
+
+
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(OPTIONS))
+def test_any_command_line_exits_cleanly_and_touches_nothing_else(template: Path, command: str) -> None:
+    @PROPERTY
+    @given(argv=command_lines(command))
+    def check(argv: list[str]) -> None:
+        _check(template, argv)
+
+    check()
+
+
+# mcu and demo train for a minute when everything is valid: each line here has at least one
+# mistake, which must be caught before the training starts (the run returns at once)
+MCU_OPTIONS = {
+    "--flash": (["6KB", "1MB"], ["lots", "20", "0", "-1KB"]),
+    "--arch": (["64-32-10"], ["64-x-10", "784-300-10", "64-0-10"]),
+    "--values": (["8,4", "4"], ["9", "0", "x", ""]),
+    "--out": (["out"], [".", "..", "~", "notes.txt", "user-dir", "notes.txt/x", ""]),
+    "--data-dir": (["user-dir"], ["missing-dir"]),
+}
+
+
+@st.composite
+def broken_mcu_lines(draw: st.DrawFn, command: str) -> list[str]:
+    options = {k: v for k, v in MCU_OPTIONS.items() if command == "mcu" or k != "--arch"}
+    options.pop("--data-dir")
+    broken = draw(st.sampled_from(sorted(options)))
+    argv = [command]
+    if command == "mcu":
+        argv += ["--dataset", "digits", "--quick"]
+    for option, (valid, invalid) in options.items():
+        if option == broken:
+            argv += [option, draw(st.sampled_from(invalid))]
+        elif draw(st.booleans()) or option == "--out" and command == "mcu":
+            argv += [option, draw(st.sampled_from(valid))]
+    return argv + draw(st.lists(st.sampled_from(["--force", "--json", "--no-distill"]),
+                                max_size=2, unique=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["mcu", "demo"])
+def test_mcu_and_demo_mistakes_are_caught_before_training(template: Path, command: str) -> None:
+    @PROPERTY
+    @given(argv=broken_mcu_lines(command))
+    def check(argv: list[str]) -> None:
+        code, stderr = _check(template, argv)
+        assert code == 1 and len(stderr.strip().splitlines()) == 1, (argv, stderr)
+
+    check()
