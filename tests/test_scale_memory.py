@@ -63,7 +63,7 @@ def test_transformer_path_on_20000_sentences(tmp_path: Path) -> None:
     corpus.write_text("\n".join(
         f"sentence {i} is about the {words[i % 10]} and the {words[(i * 7) % 10]} of day {i % 31}"
         for i in range(N)) + "\n")  # fmt: skip
-    data, err = _measured(tmp_path, ["prune", str(bert), "--heads", "0.5", "--data", str(corpus),
+    data, _err = _measured(tmp_path, ["prune", str(bert), "--heads", "0.5", "--data", str(corpus),
                                      "--seq-len", "32", "--out", "out", "--json"])  # fmt: skip
     record = json.loads((tmp_path / "out" / "prune.json").read_text())
     assert record["sentences"] == N and record["sentences_in_data"] == N
@@ -90,8 +90,8 @@ def test_sensitivity_on_20000_images(tmp_path: Path) -> None:
     data, err = _measured(tmp_path, ["sensitivity", "net.py:net", "--input-shape", "1,3,224,224",
                                      "--data", str(root), "--samples", str(N), "--ratios", "0.5",
                                      "--batch-size", "64", "--out", "s.json"])  # fmt: skip
-    assert "using 1,782 of the 20,000 images asked for" in err
+    assert "using 1,783 of the 20,000 images asked for" in err
     settings = json.loads((tmp_path / "s.json").read_text())["settings"]
-    assert settings["samples"] == 1782
+    assert settings["samples"] == 1783
     assert data["peak_mb"] < BOUND_MB, f"peak RSS {data['peak_mb']:.0f} MB"
     print(f"\nsensitivity, {N} images asked at 224x224: peak RSS {data['peak_mb']:.0f} MB")

@@ -126,7 +126,7 @@ def print_json(data: Any) -> None:
 
 
 # Calibration images are kept in memory (every sensitivity point runs on them): at most this many
-# bytes of input tensors, whatever --samples asks for. 1 GiB is 1,782 images at 224x224.
+# bytes of input tensors, whatever --samples asks for. 1 GiB is 1,783 images at 224x224.
 MAX_CALIBRATION_BYTES = 1 << 30
 
 
