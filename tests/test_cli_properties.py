@@ -53,10 +53,11 @@ OPTIONS: dict[str, dict[str, Pool]] = {
               "--importance": (["l1", "l2", "random"], ["nope"]),
               "--target": ([], ["macs=0", "flops=0.5", "macs=x"]),
               "--plan": ([], [".", "notes.txt", "missing.json"]),
-              "--calibration": ([], ["missing-dir", "notes.txt"])},
+              "--calibration": (["imgs"], ["missing-dir", "notes.txt"])},
     "sensitivity": {**COMMON, "--ratios": (["0.5", "0.3,0.6"], ["0", "1.5", "x", ""]),
                     "--metric": (["kl"], ["nope", "top1"]), "--samples": (["4"], ["0", "-1"]),
-                    "--batch-size": (["2"], ["0"]), "--data": ([], ["missing-dir", "notes.txt"]),
+                    "--batch-size": (["2"], ["0"]),
+                    "--data": (["imgs"], ["missing-dir", "notes.txt", "user-dir"]),
                     "--plot": (["c.png"], ["c.pdf", "notes.txt", "notes.txt/c.png", "user-dir"])},
     "profile": {**COMMON, "--fractions": (["1,0.5"], ["1,1.5", "x", "0"]),
                 "--round-to": (["1", "2"], ["0", "x"]), "--threads": (["1"], ["0"]),
@@ -79,7 +80,7 @@ FAST_TIMING = ["--min-time", "0", "--max-time", "0.02", "--min-repeats", "2"]
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A user's working directory: their model file, notes, a folder of their own, a plan and
     a sensitivity file made for the model."""
     root = tmp_path_factory.mktemp("template") / "home" / "work"
@@ -89,6 +90,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root.parent / "notes.txt").write_text("notes one level up\n")
     (root / "user-dir").mkdir()
     (root / "user-dir" / "data.csv").write_text("a,b\n")
+    from PIL import Image
+
+    for c in range(2):  # an image folder, given by a relative path
+        (root / "imgs" / f"class{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (60 * i, 120 * c, 9)).save(
+                root / "imgs" / f"class{c}" / f"{i}.png"
+            )
     with _cwd(root):
         shape = ["--input-shape", "1,3,16,16"]
         assert (
@@ -97,7 +106,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         assert _main(["plan", "net.py:net", *shape, "--target", "macs=0.8", "--sensitivity",
                       "s.json", "--out", "p.json"])[0] == 0  # fmt: skip
-    return root
+    # matplotlib keeps its font cache under $HOME/.cache unless told otherwise: a library's
+    # cache, not an output of prunekit's, so it lives beside the snapshots
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+        yield root
 
 
 @contextlib.contextmanager
@@ -168,11 +181,13 @@ def _check(template: Path, argv: list[str]) -> tuple[int, str]:
         home = Path(tmp) / "home"
         shutil.copytree(template.parent, home)
         work = home / "work"
-        out = argv[argv.index("--out") + 1] if "--out" in argv else None
-        skip = [(work / out).resolve()] if out and out not in (".", "..", "~") else []
+        outputs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--out", "--plot")]
+        # a new output may appear; anything that existed before (the user's) must not change
+        skip = [p for o in outputs if not (p := (work / o).resolve()).exists() and o.strip()]
         before = _snapshot(home, skip)
         previous_home = os.environ.get("HOME")
         os.environ["HOME"] = str(home)
+
         try:
             with _cwd(work):
                 code, _stdout, stderr = _main(argv)
@@ -184,8 +199,8 @@ def _check(template: Path, argv: list[str]) -> tuple[int, str]:
         if code == 1:  # one line, unless progress lines came before the error
             assert stderr.strip().splitlines()[-1].startswith("prunekit"), (argv, stderr)
         after = _snapshot(home, skip)
-        if code == 0 and skip:  # a successful run may create the directories --out is in
-            for parent in skip[0].parents:
+        for written in skip if code == 0 else []:  # it may create the directories outputs are in
+            for parent in written.parents:
                 key = str(parent.relative_to(home)) + "/" if home in parent.parents else ""
                 if key and key not in before:
                     after.pop(key, None)

@@ -12,7 +12,7 @@ import torch
 
 from prunekit.models import load_model
 
-NET = "import torch\nfrom torch import nn\n\ndef net(width=8):\n    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))\n"  # fmt: skip
+NET = "import torch\nfrom torch import nn\n\ndef net(width=8):\n    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))\n\ndef deeper():\n    return nn.Sequential(*net()[:4], nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), *net()[4:])\n"  # fmt: skip
 SHAPE = ("--input-shape", "1,3,16,16")
 
 
@@ -70,7 +70,7 @@ def test_sensitivity_refuses_to_resume_a_file_measured_otherwise(
     assert "seed 0 there, 1 now" in line
     assert (here / "s.json").read_text() == before  # refused: the file is untouched
     assert _sens(cli).code == 0  # the same settings resume
-    result = _sens(cli, "--data", str(images), "--force")
+    result = _sens(cli, "--data", str(images.relative_to(here)), "--force")  # a relative path
     assert result.code == 0, result.err
     settings = json.loads((here / "s.json").read_text())["settings"]
     assert settings["data"] == str(images.resolve()) and settings["samples"] == 12
@@ -102,6 +102,9 @@ def test_a_fingerprint_mismatch_says_what_differs(cli, here: Path) -> None:  # t
     line = _one_line(cli("plan", "net.py:net", "--input-shape", "1,3,24,24", "--target",
                          "macs=0.8", "--sensitivity", "s.json", "--out", "p.json"))  # fmt: skip
     assert "input shapes 1x3x16x16, this model is called with 1x3x24x24" in line
+    line = _one_line(cli("plan", "net.py:deeper", *SHAPE, "--target", "macs=0.8",
+                         "--sensitivity", "s.json", "--out", "p.json"))  # fmt: skip
+    assert "this model has groups the file lacks: '4'" in line
     assert cli("plan", "net.py:net", *SHAPE, "--target", "macs=0.8", "--sensitivity", "s.json",
                "--out", "p.json").code == 0  # fmt: skip
     plan = json.loads((here / "p.json").read_text())
@@ -172,3 +175,13 @@ def test_a_hf_directory_without_tokenizer_fails_before_the_work(
     line = _one_line(cli("prune", str(copy), "--heads", "0.5", "--out", str(tmp_path / "out")))
     assert "holds no tokenizer" in line and "copy the tokenizer" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_plan_notes_groups_smaller_than_round_to(cli, here: Path) -> None:  # type: ignore[no-untyped-def]
+    assert _sens(cli).code == 0
+    result = cli("plan", "net.py:net", *SHAPE, "--target", "macs=0.8", "--sensitivity", "s.json",
+                 "--round-to", "7", "--out", "p.json")  # fmt: skip
+    assert result.code == 0, result.err
+    note = "round_to=7 is more than the channels of 1 groups (2): their counts are not rounded"
+    assert note in json.loads((here / "p.json").read_text())["notes"]
+    assert f"note: {note}" in result.out

@@ -15,9 +15,16 @@ if TYPE_CHECKING:
     import torch
 
 
-def _got(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+def got(value: Any) -> str:
+    """What was passed, in a few words on one line: the value of a plain scalar or string, the
+    type and size of a container, the type of anything else."""
+    kind = type(value).__name__
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        text = repr(value)
+        return f"{kind} {text[:40] + '...' if len(text) > 40 else text}"
+    if isinstance(value, (list, tuple, dict, set)):
+        return f"a {kind} of {len(value)} items"
+    return f"a {kind}"
 
 
 def check_type(
@@ -35,7 +42,7 @@ def check_type(
     kinds = (int, float)
     wants_number = (types in kinds) or (isinstance(types, tuple) and set(types) <= set(kinds))
     if not isinstance(value, types) or (wants_number and isinstance(value, bool)):
-        raise error(f"{name} must be {expected}, got {_got(value)}")
+        raise error(f"{name} must be {expected}, got {got(value)}")
 
 
 def check_module(value: Any, name: str = "model") -> None:
@@ -47,7 +54,7 @@ def check_module(value: Any, name: str = "model") -> None:
             if type(value).__name__ == "LoadedModel"
             else ""
         )
-        raise InvalidArgumentError(f"{name} must be a torch.nn.Module, got {_got(value)}{hint}")
+        raise InvalidArgumentError(f"{name} must be a torch.nn.Module, got {got(value)}{hint}")
 
 
 def _is_number(value: Any, integer: bool) -> bool:
@@ -73,7 +80,7 @@ def check_number(
     ``value_error`` replace the classes raised (see ``check_type``)."""
     if not _is_number(value, integer):
         expected = "an integer" if integer else "a number"
-        raise type_error(f"{name} must be {expected}, got {_got(value)}")
+        raise type_error(f"{name} must be {expected}, got {got(value)}")
     if not math.isfinite(value):
         raise value_error(f"{name} must be a finite number, got {value!r}")
     below = low is not None and (value <= low if low_open else value < low)
@@ -104,7 +111,7 @@ def check_callable(value: Any, name: str, expected: str, *, optional: bool = Fal
         return
     if not callable(value) or isinstance(value, type):
         raise InvalidArgumentError(
-            f"{name} must be {expected}{' or None' if optional else ''}, got {_got(value)}"
+            f"{name} must be {expected}{' or None' if optional else ''}, got {got(value)}"
         )
 
 
@@ -114,7 +121,7 @@ def check_mapping(value: Any, name: str, expected: str, *, optional: bool = True
         return
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(
-            f"{name} must be {expected}{' or None' if optional else ''}, got {_got(value)}"
+            f"{name} must be {expected}{' or None' if optional else ''}, got {got(value)}"
         )
 
 
@@ -140,14 +147,14 @@ def check_sequence(
         or not hasattr(value, "__len__")
         or not hasattr(value, "__iter__")
     ):
-        raise error(f"{name} must be {expected}, got {_got(value)}")
+        raise error(f"{name} must be {expected}, got {got(value)}")
     if items is None:
         return
     kinds = items if isinstance(items, tuple) else (items,)
     wants_number = all(issubclass(k, numbers.Number) for k in kinds)
     for i, item in enumerate(value):
         if not isinstance(item, items) or (wants_number and isinstance(item, bool)):
-            raise error(f"{name} must be {expected}, got {_got(item)} at position {i}")
+            raise error(f"{name} must be {expected}, got {got(item)} at position {i}")
 
 
 def check_device(value: Any, name: str = "device") -> torch.device:
@@ -159,7 +166,7 @@ def check_device(value: Any, name: str = "device") -> torch.device:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidArgumentError(
             f"{name} must be a device name such as 'cpu' or 'cuda:0' (or a torch.device), "
-            f"got {_got(value)}"
+            f"got {got(value)}"
         )
     try:
         return torch.device(value)

@@ -351,10 +351,16 @@ def check_output_dir(
                     f"refusing to replace {path}: {why}: {_summary(problems)}. "
                     f"Move them away or choose another {option}"
                 )
+    _ready(path, option, log)
+    return OutputDir(path, command, option)
+
+
+def _ready(path: Path, option: str, log: Log | None) -> None:
+    """The last checks of an output path; then, with ``log``, the debris of a killed run for
+    it is removed (and said)."""
     check_parent_writable(path, option)
     if log is not None:
         remove_debris(path, log)
-    return OutputDir(path, command, option)
 
 
 # ------------------------------------------------------------------------------ files
@@ -391,13 +397,12 @@ def check_output_file(
                 f"refusing to replace {path}: it is not a prunekit {wanted} file; "
                 f"choose another {option}"
             )
-    check_parent_writable(path, option)
-    if log is not None:
-        remove_debris(path, log)
+    _ready(path, option, log)
     return path
 
 
 PNG_MARK = "prunekit"
+_MAX_OWN_JSON = 256 << 20  # prunekit's JSON files are far smaller
 
 
 def is_own_file(path: Path, formats: tuple[str, ...]) -> bool:
@@ -406,7 +411,9 @@ def is_own_file(path: Path, formats: tuple[str, ...]) -> bool:
     try:
         with path.open("rb") as f:
             head = f.read(1 << 16)
-        data = json.loads(path.read_text(encoding="utf-8")) if head.lstrip()[:1] == b"{" else None
+        own_sized = path.stat().st_size <= _MAX_OWN_JSON  # never read a user's huge file whole
+        json_object = head.lstrip()[:1] == b"{" and own_sized
+        data = json.loads(path.read_text(encoding="utf-8")) if json_object else None
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("format") in formats

@@ -16,7 +16,7 @@ from typing import Any, Protocol, cast
 
 import torch
 
-from prunekit._checks import _got
+from prunekit._checks import got
 from prunekit.errors import InputSpecError, InvalidArgumentError, InvalidValueError
 
 _SEED = 0
@@ -108,7 +108,7 @@ class InputSpec(Protocol):
 
 def _check_batch(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise InputSpecTypeError(f"batch size must be a positive integer, got {_got(batch_size)}")
+        raise InputSpecTypeError(f"batch size must be a positive integer, got {got(batch_size)}")
     if batch_size < 1:
         raise InputSpecValueError(f"batch size must be a positive integer, got {batch_size}")
 
@@ -248,7 +248,7 @@ def check_example(value: Any, name: str = "inputs") -> None:
         hint = "; this is a model: pass the model first, then its inputs"
     raise InputSpecTypeError(
         f"{name} must be a tensor, a tuple of forward arguments, a dict of keyword arguments "
-        f"or prunekit.inputs.ExampleInputs, got {_got(value)}{hint}"
+        f"or prunekit.inputs.ExampleInputs, got {got(value)}{hint}"
     )
 
 

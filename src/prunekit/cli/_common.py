@@ -181,7 +181,7 @@ def image_batches(
     root = Path(folder).resolve()
     digest = hashlib.sha256()
     for i in indices:  # which files, and their sizes: a changed folder is another data set
-        path = Path(dataset.samples[i][0])
+        path = Path(dataset.samples[i][0]).resolve()
         digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
     source = {"data": str(root), "samples": wanted, "images_sha256": digest.hexdigest()[:16]}
     return CalibrationData(batches, loader, source)

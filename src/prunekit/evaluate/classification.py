@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit._checks import _got, check_device, check_module, check_number, check_sequence
+from prunekit._checks import check_device, check_module, check_number, check_sequence, got
 from prunekit._utils import module_device
 from prunekit.errors import DataError, InvalidArgumentError, InvalidValueError
 
@@ -110,7 +110,7 @@ def evaluate_classification(
     ):
         raise InvalidArgumentError(
             "loader must be an iterable of (inputs, labels) batches, such as a "
-            f"torch.utils.data.DataLoader, got {_got(loader)}"
+            f"torch.utils.data.DataLoader, got {got(loader)}"
         )
     check_sequence(
         topk, "topk", "a sequence of positive integers such as (1, 5)", items=numbers.Integral

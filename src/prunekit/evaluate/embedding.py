@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from prunekit._checks import _got, check_callable, check_module, check_number, check_sequence
+from prunekit._checks import check_callable, check_module, check_number, check_sequence, got
 from prunekit._utils import module_device
 from prunekit.errors import InvalidArgumentError, InvalidValueError
 
@@ -129,19 +129,19 @@ def _check_embed_arguments(
     if isinstance(sentences, str):
         raise InvalidValueError(
             "sentences must be a sequence of strings, not one string: wrap it in a list, "
-            f"got {_got(sentences)}"
+            f"got {got(sentences)}"
         )
     check_sequence(sentences, "sentences", "a sequence of strings such as ['a cat', 'a dog']")
     if not hasattr(sentences, "__getitem__"):
         raise InvalidArgumentError(
-            f"sentences must be a sequence of strings (a list), got {_got(sentences)}"
+            f"sentences must be a sequence of strings (a list), got {got(sentences)}"
         )
     if len(sentences) == 0:
         raise InvalidValueError("no sentences to embed: sentences is empty")
     for i, sentence in enumerate(sentences):
         if not isinstance(sentence, str):
             raise InvalidArgumentError(
-                f"sentences must be a sequence of strings, got {_got(sentence)} at position {i}"
+                f"sentences must be a sequence of strings, got {got(sentence)} at position {i}"
             )
     check_number(batch_size, "batch_size", low=1, integer=True)
     check_number(max_length, "max_length", low=1, integer=True)

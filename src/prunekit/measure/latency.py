@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from prunekit._checks import (
-    _got,
     check_callable,
     check_device,
     check_module,
@@ -28,6 +27,7 @@ from prunekit._checks import (
     check_optional,
     check_sequence,
     check_type,
+    got,
 )
 from prunekit.errors import BackendError, InputSpecError
 from prunekit.inputs import (
@@ -212,7 +212,7 @@ def _check_latency_arguments(
         raise InputSpecTypeError(
             "inputs must be an InputSpec, which builds inputs for every batch size (such as "
             "prunekit.inputs.TensorSpec(((1, 3, 224, 224),)) or LoadedModel.input_spec), or a "
-            f"tensor whose shape (batch dimension first) becomes one; got {_got(inputs)}{hint}"
+            f"tensor whose shape (batch dimension first) becomes one; got {got(inputs)}{hint}"
         )
     check_sequence(
         batch_sizes,
@@ -236,7 +236,7 @@ def _check_latency_arguments(
     )
     if not isinstance(dtype, str):
         raise InputSpecTypeError(
-            f"dtype must be the name of one ({', '.join(map(repr, DTYPES))}), got {_got(dtype)}"
+            f"dtype must be the name of one ({', '.join(map(repr, DTYPES))}), got {got(dtype)}"
         )
     if threads is not None:
         check_number(

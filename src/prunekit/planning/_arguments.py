@@ -14,13 +14,13 @@ import os
 from typing import Any
 
 from prunekit._checks import (
-    _got,
     check_callable,
     check_mapping,
     check_module,
     check_number,
     check_sequence,
     check_type,
+    got,
 )
 from prunekit.errors import InvalidArgumentError
 from prunekit.graph import ChannelGraph
@@ -36,7 +36,7 @@ def _check_graph(graph: Any, *, optional: bool = False) -> None:
     if not isinstance(graph, ChannelGraph):
         raise InvalidArgumentError(
             f"graph must be a prunekit.graph.ChannelGraph{' or None' if optional else ''}: "
-            f"trace it with prunekit.graph.trace_channels(model, example), got {_got(graph)}"
+            f"trace it with prunekit.graph.trace_channels(model, example), got {got(graph)}"
         )
 
 
@@ -47,7 +47,7 @@ def _check_loaded(value: Any, name: str, cls: type, what: str) -> None:
     hint = ""
     if isinstance(value, (str, os.PathLike)):
         hint = f"; to read one from a file pass {cls.__name__}.load(path)"
-    raise InvalidArgumentError(f"{name} must be {what}, got {_got(value)}{hint}")
+    raise InvalidArgumentError(f"{name} must be {what}, got {got(value)}{hint}")
 
 
 def _check_common(model: Any, example: Any, scores: Any) -> None:
@@ -131,7 +131,7 @@ def check_plan_arguments(
         hint = f"; from text pass Target.parse({target!r})" if isinstance(target, str) else ""
         raise InvalidArgumentError(
             "target must be a prunekit.planning.planner.Target such as Target('macs', 0.5), "
-            f"got {_got(target)}{hint}"
+            f"got {got(target)}{hint}"
         )
     if lut is not None:
         from prunekit.planning.lut import LatencyTable

@@ -77,13 +77,13 @@ def structure_differences(
     inputs: Sequence[Sequence[int]] | None,
     now: Mapping[str, Any],
     *,
-    complete: bool = True,
     limit: int = 4,
     noun: str = "file",
 ) -> list[str]:
     """What differs between a file's recorded groups (key -> size) and input shapes and the
-    model's ``structure``: for the message of a fingerprint mismatch. ``complete=False``: the
-    file may lack groups (an interrupted sensitivity run), so missing ones are no difference."""
+    model's ``structure``: for the message of a fingerprint mismatch. Groups the file lacks
+    count even for a file an interrupted run left unfinished: the fingerprint covers the whole
+    model, so a partial file of this very model would have matched."""
     found = []
     if inputs is not None and [list(s) for s in inputs] != now["inputs"]:
         found.append(
@@ -97,7 +97,7 @@ def structure_differences(
         elif current[name] != size:
             found.append(f"group {name!r} has {current[name]} channels here, {size} in the {noun}")
     extra = [n for n in current if n not in groups]
-    if extra and complete:
+    if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
         found.append(
             f"this model has groups the {noun} lacks: {', '.join(map(repr, extra[:3]))}{more}"
@@ -116,7 +116,6 @@ def check_fingerprint(
     groups: Mapping[str, int] | None = None,
     inputs: Sequence[Sequence[int]] | None = None,
     now: Mapping[str, Any] | None = None,
-    complete: bool = True,
 ) -> None:
     """Raise ``PlanningFileError`` when a file's fingerprint is not the model's, saying what
     differs when the file recorded its ``groups`` (key -> size) and ``inputs`` and ``now`` is
@@ -125,9 +124,7 @@ def check_fingerprint(
         return
     model = f" (it was made for {recorded_model})" if recorded_model else ""
     differences = (
-        structure_differences(groups, inputs, now, complete=complete)
-        if groups is not None and now is not None
-        else []
+        structure_differences(groups, inputs, now) if groups is not None and now is not None else []
     )
     detail = "; ".join(differences) or (
         "the parameter or buffer shapes differ (the prunable groups match)"

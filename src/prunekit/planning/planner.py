@@ -402,7 +402,7 @@ def make_plan(
     check_fingerprint(
         "the sensitivity file", sensitivity.fingerprint, fp, sensitivity.model,
         groups={k: g.size for k, g in sensitivity.groups.items()}, inputs=sensitivity.inputs,
-        now=now, complete=False,
+        now=now,
     )  # fmt: skip
     if latency_weight < 0 or (latency_weight > 0 and lut is None):
         raise PlanError("latency_weight must be >= 0 and needs a latency table (lut)")
@@ -451,7 +451,14 @@ def make_plan(
 
     # residual blocks: option 0 drops the block, 1 keeps it; the groups inside go with it
     inside: dict[str, list[str]] = {}
-    notes = []
+    small = sorted(k for k in options if groups[k].size < round_to)
+    notes = (
+        [f"round_to={round_to} is more than the channels of {len(small)} groups "
+         f"({', '.join(small[:5])}{', ...' if len(small) > 5 else ''}): their counts are not "
+         "rounded"]
+        if round_to > 1 and small
+        else []
+    )  # fmt: skip
     for name, block in sensitivity.blocks.items() if blocks else ():
         if not math.isfinite(block.drop) or any(k in protected for k in block.groups):
             continue

@@ -350,7 +350,7 @@ def analyze_sensitivity(
         check_fingerprint(
             f"sensitivity file {path}", result.fingerprint, fp, result.model,
             groups={k: g.size for k, g in result.groups.items()}, inputs=result.inputs,
-            now=structure(graph, tensors, example), complete=False,
+            now=structure(graph, tensors, example),
         )  # fmt: skip
         _check_settings(path, result.settings, settings)
         if result.metric != metric_name or not np.allclose(result.ratios, ratios):

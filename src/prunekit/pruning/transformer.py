@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from prunekit._checks import _got, check_callable, check_module, check_number
+from prunekit._checks import check_callable, check_module, check_number, got
 from prunekit.errors import InvalidArgumentError, InvalidValueError
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, as_example_inputs
@@ -54,7 +54,7 @@ class PruneConfigValueError(PruneConfigError, InvalidValueError):
 def _check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
     options = ", ".join(choices)
     if not isinstance(value, str):
-        raise PruneConfigTypeError(f"{name} must be one of {options} (a string), got {_got(value)}")
+        raise PruneConfigTypeError(f"{name} must be one of {options} (a string), got {got(value)}")
     if value not in choices:
         raise PruneConfigValueError(f"unknown {name} {value!r}; choose one of: {options}")
 
@@ -192,7 +192,7 @@ def prune_transformer(
         raise InvalidArgumentError(
             "calibration must be an iterable of batches, such as "
             "prunekit.evaluate.embedding.sentence_batches(tokenizer, sentences) (wrap a single "
-            f"batch in a list), got {_got(calibration)}"
+            f"batch in a list), got {got(calibration)}"
         )
     if not isinstance(config, TransformerPruning):
         hint = (
@@ -202,7 +202,7 @@ def prune_transformer(
         )
         raise InvalidArgumentError(
             "config must be a prunekit.pruning.transformer.TransformerPruning, such as "
-            f"TransformerPruning(heads=0.5, ffn=0.5), got {_got(config)}{hint}"
+            f"TransformerPruning(heads=0.5, ffn=0.5), got {got(config)}{hint}"
         )
     check_callable(loss_fn, "loss_fn", "a function (model, batch) -> loss", optional=True)
     check_callable(

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from prunekit._outputs import open_permissions
 from prunekit._utils import module_device
 from prunekit.errors import DataError, PrunekitError
 from prunekit.evaluate import evaluate_classification
@@ -225,6 +226,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        open_permissions(Path(tmp))  # mkstemp's 0600 would hide checkpoints from teammates
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from prunekit._checks import _got, check_module
+from prunekit._checks import check_module, got
 from prunekit.errors import InvalidArgumentError, InvalidValueError, PrunekitError
 
 Scope = Literal["global", "layer"]
@@ -108,12 +108,12 @@ def _check_tensors(value: Any, name: str, example: str, *, optional: bool = Fals
         hint = ""
         if isinstance(value, nn.Module):
             hint = "; for a model pass dict(model.named_parameters()), or only the weights to prune"
-        raise SparsityTypeError(f"{name} must be a dict of {example}, got {_got(value)}{hint}")
+        raise SparsityTypeError(f"{name} must be a dict of {example}, got {got(value)}{hint}")
     for key, tensor in value.items():
         if not isinstance(tensor, Tensor):
             raise SparsityTypeError(
                 f"{name}[{key!r}] must be a tensor ({name} is a dict of {example}), "
-                f"got {_got(tensor)}"
+                f"got {got(tensor)}"
             )
 
 
@@ -274,11 +274,11 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     """
     if not isinstance(weight, Tensor):
         raise SparsityTypeError(
-            f"weight must be a tensor (such as model.fc.weight), got {_got(weight)}"
+            f"weight must be a tensor (such as model.fc.weight), got {got(weight)}"
         )
     n, m = _check_nm(n, m)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise SparsityTypeError(f"dim must be an integer such as 1 or -1, got {_got(dim)}")
+        raise SparsityTypeError(f"dim must be an integer such as 1 or -1, got {got(dim)}")
     dim = _check_nm_shape(weight.shape, m, dim, "the weight")
     return _nm_keep(weight.detach().abs(), n, m, dim)
 
@@ -304,7 +304,7 @@ class MaskSet:
         check_module(model)
         if not isinstance(masks, Mapping):
             raise SparsityTypeError(
-                f"masks must be a dict of parameter names to bool tensors, got {_got(masks)}"
+                f"masks must be a dict of parameter names to bool tensors, got {got(masks)}"
             )
         self._model = model
         # remove_duplicate=False so that any alias of a tied parameter is accepted

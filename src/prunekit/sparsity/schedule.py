@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from prunekit._checks import _got, check_callable, check_module
+from prunekit._checks import check_callable, check_module, got
 from prunekit.sparsity.masks import (
     MaskSet,
     Scope,
@@ -159,13 +159,13 @@ class GradualPruner:
             raise SparsityTypeError(
                 "schedule must be a prunekit.sparsity.CubicSchedule, such as CubicSchedule("
                 "initial_sparsity=0.0, final_sparsity=0.8, begin_step=0, end_step=1000, "
-                f"frequency=100), got {_got(schedule)}"
+                f"frequency=100), got {got(schedule)}"
             )
         _check_scope(scope)
         if final_sparsity_by_name is not None and not isinstance(final_sparsity_by_name, Mapping):
             raise SparsityTypeError(
                 "final_sparsity_by_name must be a dict of parameter names to sparsities, or "
-                f"None, got {_got(final_sparsity_by_name)}"
+                f"None, got {got(final_sparsity_by_name)}"
             )
         check_callable(score, "score", "a function (parameters by name) -> scores", optional=True)
         self._score = score
@@ -197,7 +197,7 @@ class GradualPruner:
         ):
             raise SparsityTypeError(
                 "parameters must be a sequence of parameter names such as ['fc.weight'], or "
-                f"None, got {_got(parameters)}"
+                f"None, got {got(parameters)}"
             )
         if parameters is None:
             names = _default_parameters(model)
