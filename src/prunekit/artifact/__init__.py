@@ -89,9 +89,16 @@ def write_directory(
 
 
 def manifest_for(
-    model: nn.Module, recipe: dict[str, Any], input_spec: InputSpec | None, task: str = "unknown"
+    model: nn.Module,
+    recipe: dict[str, Any],
+    input_spec: InputSpec | None,
+    task: str = "unknown",
+    original: nn.Module | None = None,
 ) -> dict[str, Any]:
-    original = build_original(recipe, trust_code=True, say=lambda _: None)
+    """The manifest of ``model``; ``original``: the unpruned model ``recipe`` builds (built
+    here when None)."""
+    if original is None:
+        original = build_original(recipe, trust_code=True, say=lambda _: None)
     attributes, classes = diff_modules(original, model)
     tensors = {
         name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
@@ -145,8 +152,9 @@ def save(
         else check_output_dir(directory, SAVE_COMMAND, force=force, option="directory")
     )
     recipe = with_relative_file(recipe, target.path)
-    manifest = manifest_for(model, recipe, input_spec, task)
-    _check_rebuilds(model, manifest)
+    original = build_original(recipe, trust_code=True, say=lambda _: None)  # built once
+    manifest = manifest_for(model, recipe, input_spec, task, original)
+    _check_rebuilds(model, manifest, original)
 
     def writer(tmp: Path) -> None:
         weights = tmp / WEIGHTS
@@ -168,9 +176,12 @@ def save(
     return target.write(writer)
 
 
-def _check_rebuilds(model: nn.Module, manifest: dict[str, Any]) -> None:
+def _check_rebuilds(model: nn.Module, manifest: dict[str, Any], original: nn.Module) -> None:
+    """Loading ``manifest`` must give ``model``'s tensors (checked on ``original``, which this
+    changes: it is not needed afterwards)."""
     try:
-        skeleton = _skeleton(manifest, trust_code=True, artifact_dir=None, say=lambda _: None)
+        skeleton = _skeleton(manifest, trust_code=True, artifact_dir=None, say=None,
+                             original=original)  # fmt: skip
     except PrunekitError as exc:
         raise ArtifactError(
             f"save(): the recipe {describe(manifest['recipe'])} does not rebuild this model, so "
@@ -237,12 +248,22 @@ def _set_attribute(module: nn.Module, name: str, attr: str, value: Any) -> None:
 
 
 def _skeleton(
-    manifest: dict[str, Any], *, trust_code: bool, artifact_dir: Path | None, say: Say | None
+    manifest: dict[str, Any],
+    *,
+    trust_code: bool,
+    artifact_dir: Path | None,
+    say: Say | None,
+    original: nn.Module | None = None,
 ) -> nn.Module:
-    """The artifact's architecture on the meta device, every tensor at its saved shape."""
+    """The artifact's architecture on the meta device, every tensor at its saved shape
+    (``original``: the recipe's model, already built; it is changed in place)."""
     try:
-        model = build_original(
-            manifest["recipe"], trust_code=trust_code, artifact_dir=artifact_dir, say=say
+        model = (
+            original
+            if original is not None
+            else build_original(
+                manifest["recipe"], trust_code=trust_code, artifact_dir=artifact_dir, say=say
+            )
         )
     except ModelSourceError:
         raise
