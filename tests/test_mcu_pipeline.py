@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from prunekit._outputs import check_output_dir
 from prunekit.data.idx import write_idx
 from prunekit.errors import DeploymentError, PrunekitError
 from prunekit.mcu import deploy
@@ -214,7 +215,7 @@ def test_demo_is_the_readme_main_job(cli, tmp_path: Path, monkeypatch) -> None: 
 def test_deploy_error_for_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(PrunekitError, match="not a directory"):
-        deploy.output_dir(tmp_path / "f", "prunekit mcu", force=True)
+        check_output_dir(tmp_path / "f", "prunekit mcu", force=True)
 
 
 def test_plan_says_by_how_much_a_budget_is_missed() -> None:

@@ -86,6 +86,7 @@ def compress_and_write(
     replace_own: bool = False,
 ) -> dict[str, Any]:
     """The whole job, shared by ``mcu`` and ``demo``; returns the report."""
+    from prunekit._outputs import check_output_dir
     from prunekit.mcu.arch import check_fits_data, parse_arch
     from prunekit.mcu.budget import parse_bytes
     from prunekit.mcu.compress import (
@@ -95,14 +96,14 @@ def compress_and_write(
         train_dense,
     )
     from prunekit.mcu.datasets import load_splits
-    from prunekit.mcu.deploy import dense_facts, output_dir, write_deployment
+    from prunekit.mcu.deploy import dense_facts, write_deployment
 
     started = time.perf_counter()
     # Everything that can be wrong with the input is checked before minutes of training.
     budget = parse_bytes(args.flash)
     widths = parse_arch(arch_text)
     value_bits = parse_values(args.values)
-    out = output_dir(args.out, command, args.force, replace_own)
+    out = check_output_dir(args.out, command, force=args.force, replace_own=replace_own)
     check_budget_feasible(widths, budget)
     data = load_splits(dataset, data_dir, seed=args.seed)
     check_fits_data(widths, data.features, data.classes, dataset)

@@ -41,11 +41,6 @@ def dense_facts(model: nn.Module, arch: list[int], accuracy: float) -> DenseFact
     return DenseFacts(arch, accuracy, params * 4, params)
 
 
-def output_dir(out: str | Path, command: str, force: bool, replace_own: bool = False) -> OutputDir:
-    """The checked output directory; done before any training starts."""
-    return check_output_dir(out, command, force=force, replace_own=replace_own)
-
-
 def _c_section(cand: Candidate, source: CSource, data: Splits, workdir: Path) -> dict[str, Any]:
     compiler = find_c_compiler()
     if compiler is None:
@@ -92,7 +87,7 @@ def write_deployment(
     target = (
         out
         if isinstance(out, OutputDir)
-        else output_dir(out, "prunekit.mcu.deploy.write_deployment()", force)
+        else check_output_dir(out, "prunekit.mcu.deploy.write_deployment()", force=force)
     )
     best = compression.best
     source = generate_c(best.qmodel, best.encodings, prefix=PREFIX)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,11 @@ def load_model(
     check_type(spec, str, "spec", "a model name, module:callable, file.py:callable or directory")
     if seed is not None:
         check_type(seed, int, "seed", "an integer such as 0")
-    if seed is None:
-        return _load(spec, weights, input_shapes, seq_len, model_kwargs, trust_remote_code,
-                     trust_code)  # fmt: skip
     import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
         loaded = _load(spec, weights, input_shapes, seq_len, model_kwargs, trust_remote_code,
                        trust_code)  # fmt: skip
     loaded.seed = seed
