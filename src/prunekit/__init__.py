@@ -1,5 +1,15 @@
 """prunekit: compress PyTorch models until they fit a deployment budget, and prove the gain.
 
+The front door is one verb per action (``import prunekit as pk``)::
+
+    loaded = pk.load("resnet18")                       # any model spec
+    pk.prune_(loaded.model, example, pk.TargetPruning(macs=0.5))   # in place, returns None
+    pk.recover_(loaded.model, "fashion-mnist", pk.RecoverConfig(epochs=2), teacher=dense)
+    pk.evaluate(loaded.model, "fashion-mnist")         # on the held-out split, says which
+    pk.save(loaded.model, "out/")                      # the rebuild recipe is inferred
+
+plus ``pk.sensitivity``, ``pk.plan``, ``pk.compress_for_mcu`` and ``pk.load_data`` (data specs).
+
 The public API is imported lazily so that ``import prunekit`` (and ``prunekit --help``) stays
 fast: torch is only imported when a function that needs it is first used.
 """
@@ -21,9 +31,45 @@ _LAZY = {
     "count_params": "prunekit.measure.params",
     "measure_latency": "prunekit.measure.latency",
     "evaluate_classification": "prunekit.evaluate",
+    "ConfigError": "prunekit.api",
+    "PlanConfig": "prunekit.api",
+    "PlanPruning": "prunekit.api",
+    "RecoverConfig": "prunekit.api",
+    "SensitivityConfig": "prunekit.api",
+    "StructuredPruning": "prunekit.api",
+    "TargetPruning": "prunekit.api",
+    "TransformerPruning": "prunekit.api",
+    "compress_for_mcu": "prunekit.api",
+    "load_data": "prunekit.api",
+    "evaluate": "prunekit.api",
+    "load": "prunekit.api",
+    "plan": "prunekit.api",
+    "prune_": "prunekit.api",
+    "recover_": "prunekit.api",
+    "save": "prunekit.api",
+    "sensitivity": "prunekit.api",
 }
 
 if TYPE_CHECKING:
+    from prunekit.api import (
+        ConfigError,
+        PlanConfig,
+        PlanPruning,
+        RecoverConfig,
+        SensitivityConfig,
+        StructuredPruning,
+        TargetPruning,
+        TransformerPruning,
+        compress_for_mcu,
+        evaluate,
+        load,
+        load_data,
+        plan,
+        prune_,
+        recover_,
+        save,
+        sensitivity,
+    )
     from prunekit.evaluate import evaluate_classification
     from prunekit.measure.analysis import Analysis, analyze
     from prunekit.measure.latency import measure_latency
@@ -33,14 +79,31 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Analysis",
+    "ConfigError",
     "LoadedModel",
+    "PlanConfig",
+    "PlanPruning",
+    "RecoverConfig",
+    "SensitivityConfig",
+    "StructuredPruning",
+    "TargetPruning",
+    "TransformerPruning",
     "__version__",
     "analyze",
+    "compress_for_mcu",
     "count_macs",
     "count_params",
+    "evaluate",
     "evaluate_classification",
+    "load",
+    "load_data",
     "load_model",
     "measure_latency",
+    "plan",
+    "prune_",
+    "recover_",
+    "save",
+    "sensitivity",
 ]
 
 

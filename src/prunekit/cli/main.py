@@ -17,9 +17,25 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from prunekit import __version__
-from prunekit.cli import analyze, bench, demo, mcu, models, plan, profile, prune, sensitivity
+from prunekit.cli import (
+    analyze,
+    bench,
+    demo,
+    evaluate,
+    finetune,
+    mcu,
+    models,
+    plan,
+    profile,
+    prune,
+    recipe,
+    sensitivity,
+)
 
-COMMANDS = (demo, analyze, bench, sensitivity, profile, plan, prune, mcu, models)
+COMMANDS = (
+    demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, mcu,
+    models,
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,146 @@
+"""The front door: configs round-trip and refuse typos, in-place verbs return None and change
+the model, save/load rebuild bit-identically from every kind of source."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.api._config import ConfigError
+from prunekit.errors import ModelSourceError
+
+CONFIGS = [
+    pk.RecoverConfig(epochs=3, seconds=5.0, patience=2, kd_temperature=2.0),
+    pk.TargetPruning(macs=0.4, round_to=4, ignore=("features.0",)),
+    pk.PlanConfig(round_to=8, protect=("classifier",)),
+    pk.SensitivityConfig(samples=16, ratios=(0.25, 0.5)),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: type(c).__name__)
+def test_configs_round_trip_through_plain_data(config: object) -> None:
+    data = config.to_dict()  # type: ignore[attr-defined]
+    import json
+
+    assert json.loads(json.dumps(data)) == data  # JSON-able
+    assert type(config).from_dict(data) == config  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: pk.RecoverConfig.from_dict({"epoch": 2}),
+            r"unknown setting 'epoch' \(did you mean 'epochs'\?\)",
+        ),
+        (lambda: pk.RecoverConfig(epochs=0), "epochs must be a positive integer"),
+        (lambda: pk.RecoverConfig(kd_alpha=1.5), "kd_alpha must be a number >= 0 and <= 1"),
+        (lambda: pk.RecoverConfig(amp="fp8"), "amp must be one of auto, off, bf16, fp16"),
+        (lambda: pk.TargetPruning(macs=0), "macs must be a number > 0"),
+        (lambda: pk.SensitivityConfig(ratios=(1.0,)), "ratios must be a number"),
+        (lambda: pk.PlanPruning(plan=3), "needs plan="),
+    ],
+)
+def test_configs_are_checked_when_built(build, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def _mobile() -> pk.LoadedModel:
+    return pk.load("prunekit.nn.mobile_cnn:MobileCNN", input_shapes=[(1, 1, 28, 28)])
+
+
+def test_prune_changes_the_model_in_place_and_returns_none() -> None:
+    loaded = _mobile()
+    model, example = loaded.model, loaded.input_spec.make(1)
+    before = sum(p.numel() for p in model.parameters())
+    record: dict = {}
+    assert pk.prune_(model, example, pk.TargetPruning(macs=0.5), record=record) is None
+    assert sum(p.numel() for p in model.parameters()) < before
+    assert record["kept"]["macs"] == pytest.approx(0.5, abs=0.01)
+    assert model(example.args[0]).shape == (1, 10)
+
+
+def test_structured_ratio_equals_the_engine_it_wraps_on_an_independent_count() -> None:
+    loaded = _mobile()
+    model, example = loaded.model, loaded.input_spec.make(1)
+    pk.prune_(model, example, pk.StructuredPruning(ratio=0.5))
+    # the stem's 32 output channels lose half: 16 remain (counted on the module itself)
+    assert model.features[0][0].out_channels == 16
+
+
+def test_plan_then_plan_pruning_meets_the_target() -> None:
+    loaded = _mobile()
+    model, example = loaded.model, loaded.input_spec.make(1)
+    data = pk.load_data("digits")  # any images: calibration only needs inputs
+    plan = pk.plan(
+        model,
+        example,
+        "macs=0.6",
+        data=None,
+        config=pk.PlanConfig(round_to=4),
+        sensitivity=pk.sensitivity(
+            model, example, config=pk.SensitivityConfig(samples=4, ratios=(0.5,), blocks=False)
+        ),
+    )
+    assert plan.achieved["macs_fraction"] <= 0.6 + 1e-9
+    record: dict = {}
+    pk.prune_(model, example, pk.PlanPruning(plan=plan), record=record)
+    assert record["kept"]["macs"] == pytest.approx(plan.achieved["macs_fraction"])
+    del data
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_infers_the_recipe_of_a_callable_source(tmp_path: Path) -> None:
+    loaded = _mobile()
+    pk.prune_(loaded.model, loaded.input_spec.make(1), pk.StructuredPruning(ratio=0.3))
+    pk.save(loaded.model, tmp_path / "a")  # no recipe dict, no source: pk.load remembered it
+    again = pk.load(tmp_path / "a")
+    assert _same_weights(loaded.model, again.model)
+    # and an artifact source: load the artifact, save it again, same weights
+    pk.save(again.model, tmp_path / "b")
+    assert _same_weights(again.model, pk.load(tmp_path / "b").model)
+
+
+def test_save_with_an_explicit_torchvision_source(tmp_path: Path) -> None:
+    loaded = pk.load("resnet18", model_kwargs={"num_classes": 7})
+    model = loaded.model
+    pk.prune_(model, loaded.input_spec.make(1), pk.StructuredPruning(ratio=0.5))
+    pk.save(model, tmp_path / "r", source=loaded)
+    assert _same_weights(model, pk.load(tmp_path / "r").model)
+
+
+def test_save_of_a_huggingface_model(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    loaded = pk.load(str(tiny_bert_dir))
+    pk.save(loaded.model, tmp_path / "h")
+    assert _same_weights(loaded.model, pk.load(tmp_path / "h").model)
+
+
+def test_save_of_an_unknown_model_says_how_to_fix() -> None:
+    with pytest.raises(ModelSourceError, match=r"load it with pk.load\(...\) or pass source="):
+        pk.save(torch.nn.Linear(2, 2), "never-written")
+    assert not Path("never-written").exists()
+
+
+def test_evaluate_names_the_split_and_its_size() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    result = pk.evaluate(model, "digits")
+    assert result["split"] == "eval" and result["samples"] == 450
+    assert result["data"]["split"]["eval_from"].startswith("a stratified 25%")
+    # an independent count of top-1 on the same 450 images
+    data = pk.load_data("digits")
+    x = torch.stack([x for x, _ in data.eval])
+    y = torch.tensor([int(y) for _, y in data.eval])
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y).float().mean().item()
+    assert result["top1"] == pytest.approx(expected)
