@@ -398,7 +398,6 @@ def _remove_checkpoint(path: Path) -> None:
 
 
 def _step_baseline(state: _State, directory: Path, digest: str) -> None:
-    import prunekit as pk
 
     model = state.dense.model
     record = {**_sizes(model, state.example),
@@ -495,7 +494,6 @@ def _step_verify(state: _State, directory: Path, digest: str) -> None:
 
 
 def _step_evaluate(state: _State, directory: Path, digest: str) -> None:
-    import prunekit as pk
 
     final_dir = _final_dir(state) if {"prune", "finetune"} & set(state.recipe.steps) else None
     final = _load_artifact(state, final_dir) if final_dir else state.dense
@@ -538,8 +536,8 @@ def _summary(state: _State) -> dict[str, Any]:
     ]  # fmt: skip
     files = {}
     for step in state.recipe.steps:
-        names = [p.name for p in sorted((state.run_dir / step).glob("*.json"))
-                 if p.name != STEP_FILE]  # fmt: skip
+        names = [p.name for p in sorted((state.run_dir / step).iterdir())
+                 if p.name != STEP_FILE and not p.name.startswith(".")]  # fmt: skip
         files[step] = [f"{step}/{n}" for n in names]
     return {
         "recipe": state.recipe.to_dict(),

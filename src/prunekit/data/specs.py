@@ -335,14 +335,14 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
         image_path, mask_path = self.pairs[index]
         with Image.open(image_path) as img:
-            image = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+            image = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
         with Image.open(mask_path) as m:
             if m.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(
                     f"{mask_path}: a mask must be a single-channel PNG of class indices, got "
                     f"mode {m.mode}"
                 )
-            mask = m.resize((self.size, self.size), Image.NEAREST)
+            mask = m.resize((self.size, self.size), Image.Resampling.NEAREST)
             mask_array = np.array(mask, dtype=np.int64)
         x = TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
         return x, torch.from_numpy(mask_array)

@@ -1,0 +1,164 @@
+"""``prunekit run RECIPE.yaml``: every step's outputs, run.json, skipping finished steps,
+and recipes that cannot work refused in one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+RECIPE = """\
+model: prunekit.nn.mobile_cnn:MobileCNN
+model_kwargs: {width: 0.25}
+input_shape: 1,1,8,8
+data: digits
+task: classification
+target: macs=0.6
+steps: [baseline, sensitivity, plan, prune, verify, evaluate]
+sensitivity: {samples: 8, ratios: [0.5], blocks: false}
+plan: {round_to: 4}
+verify: {batch_sizes: [1], threads: 1, rounds: 1}
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prunekit.cli.main import main
+
+    root = tmp_path_factory.mktemp("run")
+    recipe = _write(root, RECIPE)
+    assert main(["run", recipe, "--out", str(root / "out")]) == 0
+    return root
+
+
+def test_every_step_writes_its_directory_and_run_json_summarises(finished_run: Path) -> None:
+    out = finished_run / "out"
+    for step, files in {
+        "baseline": ["baseline.json"],
+        "sensitivity": ["sensitivity.json"],
+        "plan": ["plan.json"],
+        "prune": ["prunekit.json", "model.safetensors", "prune.json"],
+        "verify": ["verify.json"],
+        "evaluate": ["evaluate.json"],
+    }.items():
+        for name in files:
+            assert (out / step / name).is_file(), f"{step}/{name}"
+    run = json.loads((out / "run.json").read_text())
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    evaluation = json.loads((out / "evaluate" / "evaluate.json").read_text())
+    assert run["final"]["macs"] / run["dense"]["macs"] == pytest.approx(
+        plan["achieved"]["macs_fraction"], rel=1e-6
+    )
+    assert run["final"]["accuracy"] == evaluation["final"]["top1"]
+    assert run["retention"] == pytest.approx(run["final"]["accuracy"] / run["dense"]["accuracy"])
+    assert run["data"]["eval_samples"] == 450 == evaluation["final"]["samples"]
+    assert [r["batch_size"] for r in run["latency"]] == [1]
+    assert run["latency"][0]["speedup"] > 0
+    assert run["files"]["prune"] == [
+        "prune/model.safetensors",
+        "prune/prune.json",
+        "prune/prunekit.json",
+    ]
+
+
+def test_the_pruned_step_is_an_artifact_every_command_accepts(finished_run: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("evaluate", str(finished_run / "out" / "prune"), "--data", "digits", "--json")
+    assert result.code == 0, result.err
+    evaluation = json.loads((finished_run / "out" / "evaluate" / "evaluate.json").read_text())
+    assert result.json()["top1"] == evaluation["final"]["top1"]
+
+
+def test_a_rerun_skips_unchanged_steps_and_redoes_changed_ones(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    recipe = _write(
+        tmp_path,
+        RECIPE.replace(
+            "steps: [baseline, sensitivity, plan, prune, verify, evaluate]",
+            "steps: [baseline, prune, evaluate]",
+        ),
+    )
+    out = str(tmp_path / "out")
+    first = cli("run", recipe, "--out", out)
+    assert first.code == 0, first.err
+    pruned = (tmp_path / "out" / "prune" / "model.safetensors").read_bytes()
+    second = cli("run", recipe, "--out", out)
+    assert second.code == 0
+    assert second.err.count("skipped (inputs unchanged)") == 3
+    changed = _write(
+        tmp_path,
+        RECIPE.replace(
+            "steps: [baseline, sensitivity, plan, prune, verify, evaluate]",
+            "steps: [baseline, prune, evaluate]",
+        ).replace("macs=0.6", "macs=0.4"),
+    )
+    third = cli("run", changed, "--out", out)
+    assert third.code == 0
+    assert "baseline: skipped" in third.err
+    assert "prune: running" in third.err and "evaluate: running" in third.err
+    assert (tmp_path / "out" / "prune" / "model.safetensors").read_bytes() != pruned
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["final"]["macs"] / run["dense"]["macs"] == pytest.approx(0.4, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("task: classification", "task: classification\nlearning_rate: 3"),
+            "unknown key learning_rate",
+        ),
+        (
+            (
+                "steps: [baseline, sensitivity, plan, prune, verify, evaluate]",
+                "steps: [baseline, finetune, prune]",
+            ),
+            "step prune cannot come after finetune",
+        ),
+        (
+            (
+                "steps: [baseline, sensitivity, plan, prune, verify, evaluate]",
+                "steps: [baseline, plan, prune]",
+            ),
+            "step plan needs sensitivity before it",
+        ),
+        (("data: digits", "data: /no/such/data"), "no such file or directory"),
+        (
+            ("plan: {round_to: 4}", "plan: {round: 4}"),
+            r"unknown setting 'round' \(did you mean 'round_to'\?\)",
+        ),
+        (("target: macs=0.6", "target: flops=0.6"), "target: unknown target 'flops'"),
+        (
+            (
+                "steps: [baseline, sensitivity, plan, prune, verify, evaluate]",
+                "steps: [baseline, teleport]",
+            ),
+            "unknown step 'teleport'",
+        ),
+    ],
+)
+def test_recipes_that_cannot_work_are_refused_in_one_line(
+    tmp_path: Path, cli, change, message
+) -> None:  # type: ignore[no-untyped-def]
+    recipe = _write(tmp_path, RECIPE.replace(*change))
+    result = cli("run", recipe, "--out", str(tmp_path / "out"))
+    assert result.code == 1
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    import re
+
+    assert re.search(message, result.err), result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_dir_with_foreign_files_is_refused(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    result = cli("run", _write(tmp_path, RECIPE), "--out", str(tmp_path / "out"))
+    assert result.code == 1 and "notes.txt" in result.err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
