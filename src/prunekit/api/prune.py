@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,20 +112,17 @@ def prune_(
         )
     example = as_example_inputs(example)
     before = _record_sizes(model, example)
+    start = time.perf_counter()
     graph = trace_channels(model, example)
+    trace_s = time.perf_counter() - start
     check_groups(model, example, graph)
     details: dict[str, Any] = {}
+    structured: StructuredPruning | None = None
+    plan: Any = None
     if isinstance(config, PlanPruning):
-        from prunekit.planning.apply import apply_plan
-
         plan = config.load()
-        batches = None
-        if plan.drop_blocks and data is not None:
-            batches = calibration_inputs(data, config.calibration_samples, example)
-        result = apply_plan(model, example, plan, graph=graph, batches=batches)
         details["plan"] = {"target": plan.target, "keep": plan.keep,
                            "drop_blocks": plan.drop_blocks}  # fmt: skip
-        structured = None
     else:
         names = sorted(n for n, _ in model.named_modules() if n)
         if isinstance(config, TargetPruning):
@@ -139,19 +137,32 @@ def prune_(
         else:
             structured = config
             structured.check_patterns(names)
+    start = time.perf_counter()
+    if plan is not None:
+        from prunekit.planning.apply import apply_plan
+
+        batches = None
+        if plan.drop_blocks and data is not None:
+            batches = calibration_inputs(data, config.calibration_samples, example)  # type: ignore[union-attr]
+        result = apply_plan(model, example, plan, graph=graph, batches=batches)
+    else:
         result = prune(model, example, structured, graph=graph)
+    prune_s = time.perf_counter() - start
     if record is not None:
         after = _record_sizes(model, example)
         record.update(
             {
-                "config": {"type": type(config).__name__, **config.to_dict()},
-                "applied": structured.to_dict() if structured is not None else None,
+                "request": {"type": type(config).__name__, **config.to_dict()},
+                # the channel-level settings that ran (a target resolves to a ratio)
+                "config": structured.to_dict() if structured is not None else None,
                 "before": before,
                 "after": after,
                 "kept": {
                     "macs": after["macs"] / before["macs"] if before["macs"] else 1.0,
                     "params": after["params"] / before["params"],
                 },
+                "timing_s": {"trace": trace_s, "prune": prune_s},
+                "graph": graph.summary().splitlines()[0],
                 **details,
                 **result.to_dict(),
             }
@@ -160,8 +171,11 @@ def prune_(
 
 def calibration_inputs(data: Any, samples: int, example: Any) -> list[Any]:
     """Up to ``samples`` inputs of ``data``'s fit part, batched, for block means and
-    sensitivity (never the eval part)."""
+    sensitivity (never the eval part). A list is taken as ready-made input batches."""
     import torch
+
+    if isinstance(data, list):
+        return data
 
     from prunekit.api.data import as_data
 

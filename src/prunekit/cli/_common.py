@@ -17,6 +17,12 @@ MODEL_HELP = (
     "prunekit artifact directory"
 )
 
+# the data specs of prunekit.data.specs, said without importing it (it needs torch)
+DATA_HELP = (
+    "mnist, fashion-mnist, digits, an IDX directory, an ImageFolder directory, a segmentation "
+    "folder (images/ + masks/) or a text file of sentences"
+)
+
 
 def add_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

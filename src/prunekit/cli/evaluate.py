@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json
+from prunekit.cli._common import (
+    DATA_HELP,
+    add_debug,
+    add_model_arguments,
+    load_from_args,
+    print_json,
+)
 
 
 def register(sub: Any) -> None:
-    from prunekit.data.specs import SPEC_HELP
-
     parser = sub.add_parser(
         "evaluate",
         help="measure top-1/top-5, mIoU/Dice or embedding fidelity on held-out data",
@@ -21,7 +25,7 @@ def register(sub: Any) -> None:
         "result names the split and how many samples it holds.",
     )
     add_model_arguments(parser)
-    parser.add_argument("--data", required=True, metavar="SPEC", help=SPEC_HELP)
+    parser.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     parser.add_argument("--task", choices=("classification", "segmentation", "embedding"),
                         help="default: the data's task")  # fmt: skip
     parser.add_argument("--reference", metavar="MODEL",

@@ -13,14 +13,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json, say
+from prunekit.cli._common import (
+    DATA_HELP,
+    add_debug,
+    add_model_arguments,
+    load_from_args,
+    print_json,
+    say,
+)
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 
 
 def register(sub: Any) -> None:
-    from prunekit.data.specs import SPEC_HELP
-
     parser = sub.add_parser(
         "finetune",
         help="recover a pruned model's accuracy: distil from the dense teacher on --data",
@@ -30,7 +35,7 @@ def register(sub: Any) -> None:
         "accuracy on the held-out eval part. Writes an artifact directory with finetune.json.",
     )
     add_model_arguments(parser)
-    parser.add_argument("--data", required=True, metavar="SPEC", help=SPEC_HELP)
+    parser.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     parser.add_argument("--teacher", metavar="MODEL",
                         help="the dense model to distil from (default: no distillation)")  # fmt: skip
     length = parser.add_mutually_exclusive_group()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from prunekit.cli import prune_transformer
@@ -102,16 +101,12 @@ def run(args: argparse.Namespace) -> int:
     import copy
     from pathlib import Path
 
+    import prunekit as pk
     from prunekit._outputs import check_output_dir
-    from prunekit.artifact import save
     from prunekit.errors import InputSpecError
-    from prunekit.graph import trace_channels
     from prunekit.inputs import parse_int_list
-    from prunekit.measure.macs import count_macs
-    from prunekit.measure.params import count_params
-    from prunekit.pruning import PruneConfigError, StructuredPruning, check_groups, prune
+    from prunekit.pruning import PruneConfigError
     from prunekit.pruning.config import as_patterns, check_pattern
-    from prunekit.pruning.target import search_ratio
 
     # every check that needs no model comes first: bad input fails in a second, writes nothing
     out = check_output_dir(args.out, "prunekit prune", force=args.force, log=say)
@@ -123,71 +118,39 @@ def run(args: argparse.Namespace) -> int:
     if prune_transformer.wants_transformer_path(args):
         return prune_transformer.run(args, out)
     target = _parse_target(args.target) if args.target else None
-    plan = None
-    if args.plan:
-        from prunekit.planning.planner import Plan
-
-        if args.ignore:
-            raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
-        plan = Plan.load(args.plan)
-    base = StructuredPruning(
-        ratio=args.ratio if args.ratio is not None else 0.0,
-        round_to=args.round_to,
-        importance=args.importance,
-    )
+    if args.plan and args.ignore:
+        raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
+    plan_config = pk.PlanPruning(plan=args.plan) if args.plan else None
+    plan = plan_config.load() if plan_config is not None else None
+    base = pk.StructuredPruning(ratio=args.ratio if args.ratio is not None else 0.0,
+                                round_to=args.round_to, importance=args.importance)  # fmt: skip
     batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes") if args.verify else []
     loaded = load_from_args(args)
     model, example = loaded.model, loaded.input_spec.make(1)
     dense = copy.deepcopy(model) if args.verify else None
     names = {n for n, _ in model.named_modules() if n}
-    config = StructuredPruning(**{**base.to_dict(), "ignore": as_patterns(args.ignore, names)})
-    config.check_patterns(sorted(names))
-    before_macs, before_params = count_macs(model, example).total, count_params(model).params
-
-    start = time.perf_counter()
-    graph = trace_channels(model, example)
-    trace_s = time.perf_counter() - start
-    check_groups(model, example, graph)
-    search = None
-    if target is not None:
-        search = search_ratio(model, example, graph, config, target)
-        config = search.config
-    start = time.perf_counter()
+    ignore = as_patterns(args.ignore, names)
+    config: Any
+    calibration = None
     if plan is not None:
-        from prunekit.planning.apply import apply_plan
-
-        batches = None
+        config = pk.PlanPruning(plan=plan)
         if plan.drop_blocks:
-            batches = image_batches(args.calibration, loaded, 64, 32, "--calibration").batches
-        result = apply_plan(model, example, plan, graph=graph, batches=batches)
+            calibration = image_batches(args.calibration, loaded, 64, 32, "--calibration").batches
+    elif target is not None:
+        config = pk.TargetPruning(macs=target, round_to=args.round_to,
+                                  importance=args.importance, ignore=ignore)  # fmt: skip
     else:
-        result = prune(model, example, config, graph=graph)
-    prune_s = time.perf_counter() - start
-    after_macs, after_params = count_macs(model, example).total, count_params(model).params
-
+        config = pk.StructuredPruning(**{**base.to_dict(), "ignore": ignore})
+    result: dict[str, Any] = {}
+    pk.prune_(model, example, config, data=calibration, record=result)
     record = {
         "model": loaded.name,
         "source": loaded.to_dict(),
-        "config": config.to_dict(),
-        "target": {"macs": target, "probes": search.probes if search else []}
+        **result,
+        "target": {"macs": target, "probes": result["target"]["probes"]}
         if target is not None
         else None,
-        "plan": {
-            "file": str(args.plan),
-            "target": plan.target,
-            "keep": plan.keep,
-            "drop_blocks": plan.drop_blocks,
-        }
-        if plan is not None
-        else None,
-        "before": {"macs": before_macs, "params": before_params},
-        "after": {"macs": after_macs, "params": after_params},
-        "kept": {
-            "macs": after_macs / before_macs if before_macs else 1.0,
-            "params": after_params / before_params,
-        },
-        "timing_s": {"trace": trace_s, "prune": prune_s},
-        **result.to_dict(),
+        "plan": {"file": str(args.plan), **result["plan"]} if plan is not None else None,
     }
     speedup = None
     if dense is not None:
@@ -196,15 +159,15 @@ def run(args: argparse.Namespace) -> int:
         speedup = verify_speedup(dense, model, loaded.input_spec, batch_sizes,
                                  backend=args.backend, threads=args.threads)  # fmt: skip
         record["verify"] = speedup.to_dict()
-    save(model, out, recipe=loaded.recipe, input_spec=loaded.input_spec, task=loaded.task,
-         extra_files={"prune.json": record}, force=args.force)  # fmt: skip
+    pk.save(model, out, source=loaded, extra_files={"prune.json": record})  # type: ignore[arg-type]
     if args.json:
         print_json(record)
         return 0
-    print(f"{loaded.name}: {graph.summary().splitlines()[0]}")
-    if search is not None:
+    print(f"{loaded.name}: {record['graph']}")
+    if target is not None:
+        applied = record["config"]
         print(
-            f"ratio {config.ratio:.4f}{' with per-group adjustments' if config.ratios else ''} keeps {search.kept_fraction:.2%} of the MACs (target {target:.0%})"
+            f"ratio {applied['ratio']:.4f}{' with per-group adjustments' if applied['ratios'] else ''} keeps {record['kept']['macs']:.2%} of the MACs (target {target:.0%})"
         )
     _print_human(record, args.out)
     if speedup is not None:

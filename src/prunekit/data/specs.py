@@ -47,7 +47,7 @@ TASK_OF_KIND = {
 EVAL_FRACTION = 0.2
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 _MNIST_CACHE = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "mnist"
-SPEC_HELP = (
+SPEC_HELP = (  # prunekit.cli._common.DATA_HELP says the same without importing torch
     "mnist, fashion-mnist, digits, an IDX directory, an ImageFolder directory, a segmentation "
     "folder (images/ + masks/) or a text file of sentences"
 )
