@@ -144,3 +144,23 @@ def test_evaluate_names_the_split_and_its_size() -> None:
     with torch.no_grad():
         expected = (model(x).argmax(1) == y).float().mean().item()
     assert result["top1"] == pytest.approx(expected)
+
+
+def test_transformer_pruning_by_config_type(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    loaded = pk.load(str(tiny_bert_dir))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(59)]])
+    )
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    sentences = [" ".join(f"w{(i * 7 + j) % 59}" for j in range(5 + i % 4)) for i in range(40)]
+    example = dict(tokenizer(sentences[0], return_tensors="pt"))
+    record: dict = {}
+    out = pk.prune_(loaded.model, example, pk.TransformerPruning(heads=0.5), data=sentences,
+                    tokenizer=tokenizer, record=record)  # fmt: skip
+    assert out is None
+    heads = [layer.attention.self.num_attention_heads for layer in loaded.model.encoder.layer]
+    assert sum(heads) == 4  # half of 2 layers x 4 heads, allocated globally
+    assert record["after"]["params"] < record["before"]["params"]

@@ -33,7 +33,7 @@ TOP_KEYS = {
 COMMAND = "prunekit run"
 RUN_FILE = "run.json"
 STEP_FILE = "step.json"
-VERIFY_KEYS = {"backend", "batch_sizes", "threads", "rounds"}
+VERIFY_KEYS = {"backend", "batch_sizes", "threads", "rounds", "device"}
 PRUNE_KEYS = {"importance", "round_to", "ignore"}
 
 
@@ -336,6 +336,7 @@ def _write_step(state: _State, directory: Path, digest: str, files: dict[str, An
     out = check_output_dir(directory, COMMAND, force=True, log=state.say)
     files = {**files, STEP_FILE: {"inputs": digest, "recipe": state.recipe.to_dict()}}
     if model is not None:
+        model.cpu()  # artifacts hold CPU tensors, whatever trained them
         pk.save(model, out, source=source, extra_files=files)  # type: ignore[arg-type]
         return
 
@@ -486,6 +487,7 @@ def _step_verify(state: _State, directory: Path, digest: str) -> None:
     report = verify_speedup(state.dense.model.eval(), final.model.eval(), state.dense.input_spec,
                             section.get("batch_sizes", [1, 32]),
                             backend=section.get("backend", "eager"),
+                            device=section.get("device", "cpu"),
                             threads=section.get("threads"),
                             rounds=section.get("rounds", 5))  # fmt: skip
     record = report.to_dict()

@@ -51,6 +51,9 @@ def register(sub: Any) -> None:
                         help="weight of the distillation term, in [0, 1] (default 0.7)")  # fmt: skip
     parser.add_argument("--patience", type=int, metavar="N",
                         help="stop after N epochs without a better validation score")  # fmt: skip
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="train on this device, e.g. cuda or cuda:1 (default: cuda when "
+                        "available, else cpu; under torchrun each rank takes its LOCAL_RANK GPU)")  # fmt: skip
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run whose checkpoint is in DIR.checkpoint/")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
@@ -85,6 +88,20 @@ def check_resume(checkpoint: Path, resume: bool, force: bool) -> None:
         )
 
 
+def _device(requested: str | None) -> str:
+    import os
+
+    import torch
+
+    from prunekit._checks import check_device
+
+    if requested is not None:
+        return str(check_device(requested))
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
 def run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -104,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     config = pk.RecoverConfig(
         epochs=epochs, seconds=args.seconds, lr=args.lr, optimizer=args.optimizer,
         batch_size=args.batch_size, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
-        patience=args.patience, seed=args.seed,
+        patience=args.patience, seed=args.seed, device=_device(args.device),
     )  # fmt: skip
     student = load_from_args(args)
     teacher = (
@@ -141,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         key = "top1" if data.task == "classification" else "miou"
         record["teacher_eval"] = dense
         record["retention"] = final[key] / dense[key] if dense[key] else None
+    student.model.cpu()  # artifacts hold CPU tensors, whatever trained them
     pk.save(student.model, out, source=student, extra_files={"finetune.json": record})  # type: ignore[arg-type]
     shutil.rmtree(checkpoint, ignore_errors=True)
     if args.json:
