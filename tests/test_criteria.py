@@ -134,15 +134,40 @@ def test_malformed_calibration_data_is_refused() -> None:
 # --- magnitude ----------------------------------------------------------------------------------
 
 
+# the weight slices of each group, written out by hand from ConvNet's wiring:
+# (parameter, dimension along which the group's channels lie)
+CONVNET_SLICES = {
+    "c1": [
+        ("c1.weight", 0),
+        ("c1.bias", 0),
+        ("bn1.weight", 0),
+        ("bn1.bias", 0),
+        ("c2.weight", 0),
+        ("c2.weight", 1),
+        ("c2.bias", 0),
+        ("bn2.weight", 0),
+        ("bn2.bias", 0),
+        ("c3.weight", 1),
+    ],
+    "c3": [("c3.weight", 0), ("c3.bias", 0), ("fc.weight", 1)],
+}
+
+
 @pytest.mark.parametrize("kind", ["l1", "l2"])
-def test_magnitude_is_the_pruning_group_magnitude(kind: str) -> None:
+def test_magnitude_sums_each_slice_norm_normalised_by_its_mean(kind: str) -> None:
     model = ConvNet()
     graph = trace_channels(model, torch.randn(2, 3, 6, 6))
     scores = group_scores(model, graph, kind)
-    tensors = dict(model.named_parameters())
-    assert set(scores) == {g.id for g in graph.prunable}
-    for g in graph.prunable:
-        np.testing.assert_allclose(scores[g.id], atom_scores(g, tensors, kind))
+    params = dict(model.named_parameters())
+    assert {g.name for g in graph.prunable} == set(CONVNET_SLICES)
+    for name, slices in CONVNET_SLICES.items():
+        expected = 0.0
+        for owner, dim in slices:
+            w = params[owner].detach().double().movedim(dim, 0)
+            w = w.reshape(w.shape[0], -1)
+            norm = w.abs().sum(1) if kind == "l1" else w.pow(2).sum(1).sqrt()
+            expected = expected + norm / norm.mean()  # every slice has a non-zero norm here
+        np.testing.assert_allclose(scores[_group_with(graph, name).id], expected.numpy(), rtol=1e-6)
     assert scores.fallback == {}
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import BackendError, InputSpecError
-from prunekit.inputs import ExampleInputs, ImageListSpec, TensorSpec
+from prunekit.inputs import ImageListSpec, TensorSpec
 from prunekit.measure.backends import check_parity
 from prunekit.measure.latency import TimingPolicy, measure_latency
 
@@ -97,16 +97,35 @@ def test_bad_arguments() -> None:
             measure_latency(_model(), spec, [1], device="cuda", policy=FAST)
 
 
-def test_channels_last_gives_the_same_outputs_and_is_recorded() -> None:
-    model = _model().eval()
-    x = TensorSpec(((1, 3, 8, 8),)).make(2)
-    expected = x.call(model)
-    report = measure_latency(
-        model, TensorSpec(((1, 3, 8, 8),)), [2], channels_last=True, policy=FAST
-    )
-    assert "channels_last" in report.inputs
-    got = ExampleInputs((x.args[0].contiguous(memory_format=torch.channels_last),)).call(model)
-    torch.testing.assert_close(got, expected)
+class _SeesMemoryFormat(nn.Module):
+    """Records, for every call, whether its input and its conv weight were channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nhwc = torch.channels_last
+        self.seen.append(
+            (
+                x.is_contiguous(memory_format=nhwc),
+                self.conv.weight.is_contiguous(memory_format=nhwc),
+            )
+        )
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_runs_model_and_inputs_in_nhwc_and_says_so(channels_last: bool) -> None:
+    model = _SeesMemoryFormat()
+    spec = TensorSpec(((1, 3, 8, 8),))
+    report = measure_latency(model, spec, [2], channels_last=channels_last, policy=FAST)
+    # a (2, 3, 8, 8) input and a (4, 3, 3, 3) weight are only channels-last when converted
+    assert len(model.seen) >= FAST.min_repeats
+    assert set(model.seen) == {(channels_last, channels_last)}
+    suffix = " (channels_last)"
+    assert report.inputs.endswith(suffix) == channels_last
 
 
 @pytest.mark.slow

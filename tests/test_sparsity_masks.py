@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from prunekit.errors import PrunekitError
 from prunekit.sparsity import MaskSet, SparsityError, magnitude_masks, nm_mask
 
 
@@ -33,10 +32,6 @@ def _pruned(mask: Tensor) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # magnitude_masks
-
-
-def test_sparsity_error_is_a_prunekit_error() -> None:
-    assert issubclass(SparsityError, PrunekitError)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.77, 0.99])
