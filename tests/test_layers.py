@@ -60,10 +60,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("prunekit.evaluate", "prunekit.api.evaluation"),
     # parse_bytes ("4MB") belongs on the ground floor; it lives in mcu/budget.py (owned elsewhere)
     ("prunekit.planning.planner", "prunekit.mcu.budget"),
-    # the version string of the package root
-    ("prunekit._outputs", "prunekit"),
-    ("prunekit.artifact", "prunekit"),
-    ("prunekit.measure._environment", "prunekit"),
     # criteria and pruning import each other
     ("prunekit.criteria._common", "prunekit.pruning._tensors"),
     ("prunekit.criteria._common", "prunekit.pruning.config"),

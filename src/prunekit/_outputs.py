@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunekit._version import __version__
 from prunekit.errors import OutputPathError
 
 RECORD = ".prunekit-output.json"
@@ -181,8 +182,6 @@ def foreign_files(directory: Path, command: str) -> list[str]:
 
 
 def write_record(directory: Path, command: str) -> None:
-    from prunekit import __version__
-
     files = {
         p.as_posix(): sha256_file(directory / p)
         for p in sorted(_listing(directory))
@@ -444,8 +443,6 @@ def _png_software(path: Path) -> str:
 def save_figure(figure: Any, path: str | os.PathLike[str], **kwargs: Any) -> None:
     """``figure.savefig`` through a staging file, marked as prunekit's (so a rerun may replace
     it and nothing else)."""
-    from prunekit import __version__
-
     target = Path(path)
     if target.exists() and not is_own_file(target, ("png",)):
         raise OutputError(f"refusing to replace {target}: it is not a plot prunekit wrote")

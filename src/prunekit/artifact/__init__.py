@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-import prunekit
 from prunekit._outputs import OutputDir, check_output_dir, sha256_file
+from prunekit._version import __version__
 from prunekit.artifact._attributes import decode, diff_modules
 from prunekit.artifact._manifest import (
     EXTRA,
@@ -107,7 +107,7 @@ def manifest_for(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "prunekit_version": prunekit.__version__,
+        "prunekit_version": __version__,
         "recipe": recipe,
         "input": input_spec.to_dict() if input_spec is not None else None,
         "task": task,

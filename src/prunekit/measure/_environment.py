@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-import prunekit
+from prunekit._version import __version__
 
 
 def _cpu_model() -> str:
@@ -25,7 +25,7 @@ def _cpu_model() -> str:
 
 def environment(device: torch.device | None = None) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "prunekit": prunekit.__version__,
+        "prunekit": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
