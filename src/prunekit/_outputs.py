@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -472,3 +472,19 @@ def write_file_atomic(path: Path, write: Callable[[Any], None], *, binary: bool 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any, *, allow_nan: bool = True) -> None:
+    """Write to a staging file beside ``path``, flushed to disk, and rename it over ``path``:
+    an interrupted write never leaves a truncated file. An existing file is replaced only when
+    it is a prunekit file of the same ``format`` as ``data``: never the user's own file."""
+    text = json.dumps(data, indent=1, allow_nan=allow_nan) + "\n"
+    kind = data.get("format") if isinstance(data, Mapping) else None
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name")
+    if path.exists() and not is_own_file(path, (kind,) if isinstance(kind, str) else ()):
+        raise OutputError(
+            f"refusing to replace {path}: it is not a prunekit "
+            f"{str(kind or 'JSON').removeprefix('prunekit-').replace('-', ' ')} file"
+        )
+    write_file_atomic(path, lambda f: f.write(text))

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._outputs import write_json_atomic
 from prunekit._utils import describe_exception
 from prunekit.errors import InputSpecError
 from prunekit.graph import ChannelGraph, trace_channels
@@ -75,7 +76,6 @@ from prunekit.measure.latency import (
     measure_latency,
     resolve_device,
 )
-from prunekit.planning._files import write_json_atomic
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     fingerprint,

@@ -48,12 +48,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._outputs import write_json_atomic
 from prunekit._utils import meta_copy
 from prunekit.errors import PrunekitError
 from prunekit.graph import ChannelGraph, Group
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
-from prunekit.planning._files import check_header, read_json, write_json_atomic
+from prunekit.planning._files import check_header, read_json
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,

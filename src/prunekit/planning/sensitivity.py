@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit._outputs import save_figure
+from prunekit._outputs import save_figure, write_json_atomic
 from prunekit._utils import meta_copy, module_device
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
-from prunekit.planning._files import check_header, read_json, write_json_atomic
+from prunekit.planning._files import check_header, read_json
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
