@@ -24,6 +24,7 @@ FLOORS: list[tuple[str, ...]] = [
         "prunekit._utils",
         "prunekit._checks",
         "prunekit._progress",
+        "prunekit._tensors",
         "prunekit.errors",
         "prunekit.inputs",
     ),
@@ -60,12 +61,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("prunekit.evaluate", "prunekit.api.evaluation"),
     # parse_bytes ("4MB") belongs on the ground floor; it lives in mcu/budget.py (owned elsewhere)
     ("prunekit.planning.planner", "prunekit.mcu.budget"),
-    # criteria and pruning import each other
-    ("prunekit.criteria._common", "prunekit.pruning._tensors"),
-    ("prunekit.criteria._common", "prunekit.pruning.config"),
-    ("prunekit.criteria._common", "prunekit.pruning.importance"),
-    ("prunekit.criteria.layer_importance", "prunekit.pruning.config"),
-    ("prunekit.criteria.magnitude", "prunekit.pruning.importance"),
     # the artifact format builds models from recipes
     ("prunekit.artifact._recipes", "prunekit.models.callable_source"),
     ("prunekit.artifact._recipes", "prunekit.models.huggingface_source"),

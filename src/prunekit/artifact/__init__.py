@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from prunekit._outputs import OutputDir, check_output_dir, sha256_file
+from prunekit._tensors import aliases, named_tensors, replace_tensor
 from prunekit._version import __version__
 from prunekit.artifact._attributes import decode, diff_modules
 from prunekit.artifact._manifest import (
@@ -43,7 +44,6 @@ from prunekit.artifact._manifest import (
 from prunekit.artifact._recipes import build_original, describe, import_class, with_relative_file
 from prunekit.errors import ModelSourceError, PrunekitError
 from prunekit.inputs import InputSpec, spec_from_dict
-from prunekit.pruning._tensors import aliases, named_tensors, replace_tensor
 from prunekit.pruning.blocks import DroppedResidual, replace_block
 
 __all__ = [

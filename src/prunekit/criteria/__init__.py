@@ -32,6 +32,10 @@ loss (or embeddings):
 * ``layer_importance`` (data): the fidelity drop when one encoder layer is skipped, and
   ``drop_layers`` to remove layers (``layer_importance`` module).
 
+The registry (``prunekit.criteria.registry``: names, which need data, the function of each)
+is read without importing torch: ``criterion_names()`` lists the names. Everything else here
+is imported on first use.
+
 A criterion that cannot score some group (``bn_scale`` on a group without normalisation
 layer, for instance) scores it by L1 magnitude instead and says so: the returned
 ``GroupScores`` lists such groups in ``.fallback`` (group id -> reason), and a warning is
@@ -40,34 +44,65 @@ logged.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import types
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from prunekit.criteria.registry import (
+    CRITERIA,
+    DATA_CRITERIA,
+    Criterion,
+    CriterionError,
+    criterion_names,
+)
 
-from prunekit.criteria._common import CriterionError, GroupScores
-from prunekit.criteria.activation import activation_scores
-from prunekit.criteria.bn_scale import bn_scale_scores
-from prunekit.criteria.head_importance import (
-    TransformerGroup,
-    ffn_importance,
-    head_importance,
-    transformer_groups,
-)
-from prunekit.criteria.layer_importance import (
-    LayerImportance,
-    drop_layers,
-    encoder_layers,
-    layer_importance,
-)
-from prunekit.criteria.magnitude import magnitude_scores
-from prunekit.criteria.random import random_scores
-from prunekit.criteria.taylor import BatchLoss, LossFn, taylor_scores
-from prunekit.graph import ChannelGraph
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunekit.criteria._common import GroupScores
+    from prunekit.criteria.activation import activation_scores
+    from prunekit.criteria.bn_scale import bn_scale_scores
+    from prunekit.criteria.head_importance import (
+        TransformerGroup,
+        ffn_importance,
+        head_importance,
+        transformer_groups,
+    )
+    from prunekit.criteria.layer_importance import (
+        LayerImportance,
+        drop_layers,
+        encoder_layers,
+        layer_importance,
+    )
+    from prunekit.criteria.magnitude import magnitude_scores
+    from prunekit.criteria.random import random_scores
+    from prunekit.criteria.taylor import BatchLoss, LossFn, taylor_scores
+    from prunekit.graph import ChannelGraph
 
 log = logging.getLogger(__name__)
+
+# public name -> module that defines it, imported on first use (torch comes with them)
+_LAZY = {
+    "GroupScores": "prunekit.criteria._common",
+    "activation_scores": "prunekit.criteria.activation",
+    "bn_scale_scores": "prunekit.criteria.bn_scale",
+    "TransformerGroup": "prunekit.criteria.head_importance",
+    "ffn_importance": "prunekit.criteria.head_importance",
+    "head_importance": "prunekit.criteria.head_importance",
+    "transformer_groups": "prunekit.criteria.head_importance",
+    "LayerImportance": "prunekit.criteria.layer_importance",
+    "drop_layers": "prunekit.criteria.layer_importance",
+    "encoder_layers": "prunekit.criteria.layer_importance",
+    "layer_importance": "prunekit.criteria.layer_importance",
+    "magnitude_scores": "prunekit.criteria.magnitude",
+    "random_scores": "prunekit.criteria.random",
+    "BatchLoss": "prunekit.criteria.taylor",
+    "LossFn": "prunekit.criteria.taylor",
+    "taylor_scores": "prunekit.criteria.taylor",
+}
 
 __all__ = [
     "CRITERIA",
@@ -81,6 +116,7 @@ __all__ = [
     "TransformerGroup",
     "activation_scores",
     "bn_scale_scores",
+    "criterion_names",
     "drop_layers",
     "encoder_layers",
     "ffn_importance",
@@ -94,26 +130,30 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Criterion:
-    name: str
-    needs_data: bool  # needs calibration batches
-    summary: str
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-CRITERIA: dict[str, Criterion] = {
-    c.name: c
-    for c in (
-        Criterion("l1", False, "L1 norm of the group's weight slices (DepGraph group magnitude)"),
-        Criterion("l2", False, "L2 norm of the group's weight slices (DepGraph group magnitude)"),
-        Criterion("taylor", True, "first-order Taylor loss change (Molchanov et al. 2019)"),
-        Criterion("bn_scale", False, "|gamma| of normalisation layers (Network Slimming)"),
-        Criterion("mean_activation", True, "mean ReLU'd output of each channel"),
-        Criterion("apoz", True, "1 - average percentage of zeros (Network Trimming)"),
-        Criterion("random", False, "seeded uniform random scores (a baseline)"),
-    )
-}
-DATA_CRITERIA = frozenset(name for name, c in CRITERIA.items() if c.needs_data)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``head_importance`` and ``layer_importance`` name both a submodule and its main
+    function: the package attribute stays the function when the submodule is imported (the
+    import system sets the attribute to the submodule after running it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("head_importance", "layer_importance") and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def group_scores(
@@ -133,10 +173,10 @@ def group_scores(
     Raises ``CriterionError`` (a ``PruneConfigError``) for an unknown criterion, a data
     criterion without calibration data, or a loss given to a criterion that uses none.
     """
-    if criterion not in CRITERIA:
-        raise CriterionError(
-            f"unknown importance criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}"
-        )
+    from prunekit.criteria._common import ScoreRequest
+    from prunekit.criteria.registry import load
+
+    score = load(criterion)  # an unknown name lists the valid ones
     if criterion != "taylor" and (loss_fn is not None or batch_loss is not None):
         raise CriterionError(
             f"loss_fn / batch_loss only apply to the taylor criterion, not to {criterion!r}"
@@ -146,17 +186,8 @@ def group_scores(
             f"importance criterion {criterion!r} needs calibration data: pass "
             "calibration=<an iterable of batches, e.g. a DataLoader of (inputs, targets)>"
         )
-    scores: GroupScores
-    if criterion in ("l1", "l2"):
-        scores = magnitude_scores(model, graph, criterion)
-    elif criterion == "taylor":
-        scores = taylor_scores(model, graph, calibration, loss_fn, batch_loss=batch_loss)
-    elif criterion == "bn_scale":
-        scores = bn_scale_scores(model, graph)
-    elif criterion in ("mean_activation", "apoz"):
-        scores = activation_scores(model, graph, calibration, criterion)
-    else:
-        scores = random_scores(graph, seed)
+    request = ScoreRequest(criterion, calibration, loss_fn, batch_loss, seed)
+    scores: GroupScores = score(model, graph, request)
     if scores.fallback:
         names = {g.id: g.name for g in graph.groups}
         log.warning(

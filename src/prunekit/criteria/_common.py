@@ -10,15 +10,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._tensors import named_tensors
+from prunekit.criteria._norms import atom_scores
+from prunekit.criteria.registry import CriterionError
 from prunekit.graph import ChannelGraph, Group, Member
 from prunekit.inputs import ExampleInputs, as_example_inputs, map_tensors
-from prunekit.pruning._tensors import named_tensors
-from prunekit.pruning.config import PruneConfigError
-from prunekit.pruning.importance import atom_scores
+
+__all__ = ["CriterionError", "GroupScores", "ScoreRequest"]  # and the helpers below
 
 
-class CriterionError(PruneConfigError):
-    """An importance criterion cannot be computed as asked (unknown name, missing data...)."""
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What ``group_scores`` passes to a registered criterion's ``score(model, graph, request)``:
+    its name (one function serves ``l1`` and ``l2``), calibration batches, the Taylor loss
+    (``loss_fn`` / ``batch_loss``) and the seed of ``random``."""
+
+    criterion: str
+    calibration: Iterable[Any] | None = None
+    loss_fn: Any = None
+    batch_loss: Any = None
+    seed: int = 0
 
 
 class GroupScores(dict[int, np.ndarray]):

@@ -40,6 +40,7 @@ from torch import nn
 from prunekit.criteria._common import (
     CriterionError,
     GroupScores,
+    ScoreRequest,
     accumulation_dtype,
     calibration_batches,
     channel_member,
@@ -177,3 +178,8 @@ def activation_scores(
             continue
         scores.use_magnitude(group, tensors, f"{reason}: scored by L1 magnitude", cache)
     return scores
+
+
+def score(model: nn.Module, graph: ChannelGraph, request: ScoreRequest) -> GroupScores:
+    """The registry's entry for ``mean_activation`` and ``apoz``."""
+    return activation_scores(model, graph, request.calibration, request.criterion)

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.criteria._common import GroupScores, is_norm, model_tensors, module_of
+from prunekit.criteria._common import (
+    GroupScores,
+    ScoreRequest,
+    is_norm,
+    model_tensors,
+    module_of,
+)
 from prunekit.graph import ChannelGraph
 
 __all__ = ["bn_scale_scores"]
@@ -59,3 +65,8 @@ def bn_scale_scores(model: nn.Module, graph: ChannelGraph) -> GroupScores:
                 cache,
             )
     return scores
+
+
+def score(model: nn.Module, graph: ChannelGraph, request: ScoreRequest) -> GroupScores:
+    """The registry's entry for ``bn_scale``."""
+    return bn_scale_scores(model, graph)

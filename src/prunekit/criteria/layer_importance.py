@@ -36,8 +36,8 @@ from prunekit.criteria._common import (
     calibration_batches,
     model_device,
 )
+from prunekit.criteria.registry import PruneConfigError
 from prunekit.evaluate.embedding import BatchEmbedding, fidelity, sentence_embedding
-from prunekit.pruning.config import PruneConfigError
 
 __all__ = [
     "METRICS",

@@ -8,8 +8,8 @@ Buffers (running statistics) are left out. This is the group-level norm criterio
 al., "DepGraph: Towards Any Structural Pruning" (CVPR 2023); per layer it is the filter-norm
 criterion of Li et al., "Pruning Filters for Efficient ConvNets" (ICLR 2017).
 
-The computation lives in ``prunekit.pruning.importance`` (the default selection uses it);
-this module exposes it as a criterion.
+The computation lives in ``prunekit.criteria._norms`` (the default selection of
+``prunekit.pruning`` uses it too); this module exposes it as a criterion.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.criteria._common import CriterionError, GroupScores, model_tensors
+from prunekit.criteria._common import CriterionError, GroupScores, ScoreRequest, model_tensors
+from prunekit.criteria._norms import atom_scores, per_index_norm
 from prunekit.graph import ChannelGraph
-from prunekit.pruning.importance import atom_scores, per_index_norm
 
 __all__ = ["KINDS", "atom_scores", "magnitude_scores", "per_index_norm"]
 
@@ -36,3 +36,8 @@ def magnitude_scores(model: nn.Module, graph: ChannelGraph, kind: str = "l1") ->
     for group in graph.prunable:
         scores[group.id] = atom_scores(group, tensors, kind, cache)
     return scores
+
+
+def score(model: nn.Module, graph: ChannelGraph, request: ScoreRequest) -> GroupScores:
+    """The registry's entry for ``l1`` and ``l2``."""
+    return magnitude_scores(model, graph, request.criterion)

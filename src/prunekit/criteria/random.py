@@ -12,8 +12,9 @@ Neural Network Compression", CVPR 2022).
 from __future__ import annotations
 
 import numpy as np
+from torch import nn
 
-from prunekit.criteria._common import CriterionError, GroupScores
+from prunekit.criteria._common import CriterionError, GroupScores, ScoreRequest
 from prunekit.graph import ChannelGraph
 
 __all__ = ["random_scores"]
@@ -28,3 +29,8 @@ def random_scores(graph: ChannelGraph, seed: int = 0) -> GroupScores:
         rng = np.random.default_rng([int(seed), group.id])
         scores[group.id] = rng.random(group.size)
     return scores
+
+
+def score(model: nn.Module, graph: ChannelGraph, request: ScoreRequest) -> GroupScores:
+    """The registry's entry for ``random``."""
+    return random_scores(graph, request.seed)

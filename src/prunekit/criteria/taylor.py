@@ -34,6 +34,7 @@ from torch import nn
 from prunekit.criteria._common import (
     CriterionError,
     GroupScores,
+    ScoreRequest,
     accumulation_dtype,
     calibration_batches,
     model_device,
@@ -185,3 +186,10 @@ def taylor_scores(
                 cache,
             )
     return scores
+
+
+def score(model: nn.Module, graph: ChannelGraph, request: ScoreRequest) -> GroupScores:
+    """The registry's entry for ``taylor``."""
+    return taylor_scores(
+        model, graph, request.calibration, request.loss_fn, batch_loss=request.batch_loss
+    )

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._tensors import named_tensors
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.planning._arguments import check_apply_arguments
 from prunekit.planning.fingerprint import check_fingerprint, fingerprint, group_keys, structure
 from prunekit.planning.planner import Plan, PlanError
 from prunekit.pruning import PruneResult, StructuredPruning, prune
-from prunekit.pruning._tensors import named_tensors
 from prunekit.pruning.blocks import drop_blocks, is_residual_block
 
 

@@ -65,6 +65,7 @@ from torch import nn
 
 from prunekit._outputs import write_json_atomic
 from prunekit._utils import describe_exception
+from prunekit.criteria.magnitude import atom_scores
 from prunekit.errors import InputSpecError
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.inputs import ExampleInputs, InputSpec, as_example_inputs, map_tensors
@@ -86,7 +87,6 @@ from prunekit.planning.fingerprint import (
 from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
 from prunekit.pruning import check_groups
 from prunekit.pruning.blocks import drop_blocks, find_residual_blocks
-from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import keep_count, plan_group
 from prunekit.pruning.surgery import ModelIndex, remove_atoms
 

@@ -50,6 +50,7 @@ from torch import nn
 
 from prunekit._outputs import write_json_atomic
 from prunekit._utils import meta_copy
+from prunekit.criteria.magnitude import atom_scores
 from prunekit.errors import PrunekitError
 from prunekit.graph import ChannelGraph, Group
 from prunekit.inputs import ExampleInputs, as_example_inputs
@@ -65,7 +66,6 @@ from prunekit.planning.fingerprint import (
 from prunekit.planning.sensitivity import Sensitivity
 from prunekit.pruning.blocks import drop_blocks
 from prunekit.pruning.config import matches
-from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import plan_group, producers
 from prunekit.pruning.surgery import ModelIndex, remove_atoms
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from prunekit._outputs import save_figure, write_json_atomic
 from prunekit._utils import meta_copy, module_device
+from prunekit.criteria.magnitude import atom_scores
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
@@ -49,7 +50,6 @@ from prunekit.planning.fingerprint import (
     structure,
 )
 from prunekit.pruning.blocks import drop_blocks, find_residual_blocks, internal_modules
-from prunekit.pruning.importance import atom_scores
 from prunekit.pruning.select import keep_count, plan_group
 from prunekit.pruning.surgery import ModelIndex, remove_atoms
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from prunekit._checks import check_module
 from prunekit._utils import describe_exception, meta_copy, swapped_to_meta, without_gc
+from prunekit.criteria import group_scores
 from prunekit.errors import InvalidArgumentError
 from prunekit.graph import ChannelGraph, trace_channels
 from prunekit.graph._fast_meta import FastMetaNorms
@@ -280,8 +281,6 @@ def prune(
     example = as_example_inputs(inputs)
     graph = graph or trace_channels(model, example)
     if scores is None and config.importance not in ("l1", "l2"):
-        from prunekit.criteria import group_scores  # imports prunekit.pruning: not at the top
-
         scores = group_scores(model, graph, config.importance)
     checked = _checked_scores(graph, index.tensors, config, scores) if scores is not None else None
     plans = [p for p in plan_pruning(graph, index.tensors, config, checked, keep) if len(p.remove)]

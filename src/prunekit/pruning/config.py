@@ -14,17 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prunekit.errors import PrunekitError
+from prunekit.criteria.registry import PruneConfigError, criterion_names
 
-# Importance criteria (``prunekit.criteria``; keep in step with its ``CRITERIA`` registry).
-# ``l1``/``l2``/``bn_scale``/``random`` are computed by ``prune`` itself; the data criteria
-# need calibration batches, so their scores come from ``prunekit.criteria.group_scores``.
-IMPORTANCE = ("l1", "l2", "taylor", "bn_scale", "mean_activation", "apoz", "random")
-DATA_IMPORTANCE = ("taylor", "mean_activation", "apoz")
-
-
-class PruneConfigError(PrunekitError):
-    """A pruning configuration that cannot be applied (bad ratio, pattern, ...)."""
+# Importance criteria (the ``prunekit.criteria.registry``). Those that need no data are
+# computed by ``prune`` itself; the data criteria need calibration batches, so their scores
+# come from ``prunekit.criteria.group_scores``.
+IMPORTANCE = criterion_names()
+DATA_IMPORTANCE = criterion_names(needs_data=True)
 
 
 def matches(pattern: str, name: str) -> bool:

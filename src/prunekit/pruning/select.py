@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prunekit.criteria.magnitude import atom_scores
 from prunekit.graph import ChannelGraph, Group
 from prunekit.pruning.config import PruneConfigError, StructuredPruning
-from prunekit.pruning.importance import atom_scores
 
 
 @dataclass

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._tensors import replace_tensor, scan
 from prunekit.graph import Group
 from prunekit.pruning._sync import needs_sync, sync_module
-from prunekit.pruning._tensors import replace_tensor, scan
 
 
 @dataclass

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._tensors import named_tensors
 from prunekit._utils import meta_copy
 from prunekit.errors import PrunekitError
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs
 from prunekit.measure.macs import count_macs
-from prunekit.pruning._tensors import named_tensors
 from prunekit.pruning.config import StructuredPruning
 from prunekit.pruning.select import keep_count, plan_pruning, producers
 from prunekit.pruning.surgery import remove_atoms

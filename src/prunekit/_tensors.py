@@ -1,0 +1,55 @@
+"""Find and replace a model's parameters and buffers by qualified name, ties included."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+
+def scan(
+    model: nn.Module,
+) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor], dict[int, list[tuple[nn.Module, str]]]]:
+    """One walk over the model: modules by name, parameters and buffers by qualified name
+    (a tied tensor under its first name), and every (module, attribute) holding each tensor."""
+    modules: dict[str, nn.Module] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    holders: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
+    for name, module in model.named_modules():
+        modules[name] = module
+        for store in (module._parameters, module._buffers):
+            for attr, t in store.items():
+                if t is None:
+                    continue
+                if id(t) not in holders:
+                    tensors[f"{name}.{attr}" if name else attr] = t
+                holders[id(t)].append((module, attr))
+    return modules, tensors, holders
+
+
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return scan(model)[1]
+
+
+def aliases(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(tensor) -> every (module, attribute) holding it: tied weights are replaced everywhere."""
+    return scan(model)[2]
+
+
+def replace_tensor(
+    holders: list[tuple[nn.Module, str]],
+    old: torch.Tensor,
+    new: torch.Tensor,
+    keep_object: bool = False,
+) -> torch.Tensor:
+    """Put ``new`` wherever ``old`` is held; a parameter stays a parameter (a fresh one,
+    unless ``keep_object``: putting the original object back)."""
+    if isinstance(old, nn.Parameter) and not keep_object:
+        new = nn.Parameter(new, requires_grad=old.requires_grad)
+    for module, attr in holders:
+        if attr in module._parameters:
+            module._parameters[attr] = new  # type: ignore[assignment]
+        else:
+            module._buffers[attr] = new
+    return new
