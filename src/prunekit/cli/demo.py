@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
         help="offline demo: digits MLP -> 6 KB flash budget -> C code checked against Python",
-        description=__doc__.strip().splitlines()[2],
+        description=" ".join(__doc__.strip().split("\n\n")[1].split()),
     )
     parser.add_argument(
         "--out",
