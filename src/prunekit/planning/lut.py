@@ -88,7 +88,7 @@ from prunekit.planning.module_latency import ModuleLatencyModel, profile_modules
 from prunekit.pruning import check_groups
 from prunekit.pruning.blocks import drop_blocks, find_residual_blocks
 from prunekit.pruning.select import keep_count, plan_group
-from prunekit.pruning.surgery import ModelIndex, remove_atoms
+from prunekit.pruning.surgery import ModelIndex, trial
 
 log_ = logging.getLogger(__name__)
 
@@ -602,11 +602,8 @@ def profile_latency(
                         / modelled.profile.total_ms
                     )
                 else:
-                    record = remove_atoms(work, [(group, plan.remove)], index)
-                    try:
+                    with trial(work, [(group, plan.remove)], index):
                         ms = measure()
-                    finally:
-                        record.undo()
                 points.append((kept, ms))
                 say(f"  [{i}/{len(todo)}] {key} ({group.size}): {kept} kept -> {ms:.3f} ms")
         except Exception as exc:  # the pruned model fails to run (or export): leave it out

@@ -27,7 +27,7 @@ from prunekit._utils import meta_copy
 from prunekit.inputs import ExampleInputs
 from prunekit.measure.macs import count_macs
 from prunekit.pruning.blocks import drop_blocks
-from prunekit.pruning.surgery import ModelIndex, remove_atoms
+from prunekit.pruning.surgery import ModelIndex, trial
 
 
 @dataclass
@@ -132,12 +132,11 @@ class ModuleLatencyModel:
         self, removals: list[tuple[object, np.ndarray]], dropped: Sequence[str] = ()
     ) -> float:
         """``dropped``: residual blocks whose branch goes (its modules' time with it)."""
-        record = remove_atoms(self.meta, removals, self.index)  # type: ignore[arg-type]
-        try:
-            with drop_blocks(self.meta, dropped, [self.example]):
-                work = self._work()
-        finally:
-            record.undo()
+        with (
+            trial(self.meta, removals, self.index),  # type: ignore[arg-type]
+            drop_blocks(self.meta, dropped, [self.example]),
+        ):
+            work = self._work()
         modelled = self.profile.outside_ms
         prefixes = tuple(f"{name}." for name in dropped)
         for name, ms in self.profile.module_ms.items():

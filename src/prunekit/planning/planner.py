@@ -67,7 +67,7 @@ from prunekit.planning.sensitivity import Sensitivity
 from prunekit.pruning.blocks import drop_blocks
 from prunekit.pruning.config import matches
 from prunekit.pruning.select import plan_group, producers
-from prunekit.pruning.surgery import ModelIndex, remove_atoms
+from prunekit.pruning.surgery import ModelIndex, trial
 
 FORMAT = "prunekit-plan"
 VERSION = 1
@@ -312,14 +312,13 @@ class _Costs:
             for key, kept in groups.items():
                 self._removal(key, kept)
                 removals += self.removals[(key, kept)]
-            record = remove_atoms(self.meta, removals, self.index)
-            try:
-                with drop_blocks(self.meta, dropped, [self.example]):
-                    macs = float(count_macs(self.meta, self.example).total)
-                    params = float(sum(p.numel() for p in self.meta.parameters()))
-                    size = float(sum(p.numel() * p.element_size() for p in self.meta.parameters()))
-            finally:
-                record.undo()
+            with (
+                trial(self.meta, removals, self.index),
+                drop_blocks(self.meta, dropped, [self.example]),
+            ):
+                macs = float(count_macs(self.meta, self.example).total)
+                params = float(sum(p.numel() for p in self.meta.parameters()))
+                size = float(sum(p.numel() * p.element_size() for p in self.meta.parameters()))
             result = {"macs": macs, "params": params, "bytes": size}
             if self.lut is not None:
                 result["latency_ms"] = self._latency(groups, dropped)

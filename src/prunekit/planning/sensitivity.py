@@ -51,7 +51,7 @@ from prunekit.planning.fingerprint import (
 )
 from prunekit.pruning.blocks import drop_blocks, find_residual_blocks, internal_modules
 from prunekit.pruning.select import keep_count, plan_group
-from prunekit.pruning.surgery import ModelIndex, remove_atoms
+from prunekit.pruning.surgery import ModelIndex, trial
 
 FORMAT = "prunekit-sensitivity"
 VERSION = 1
@@ -390,20 +390,14 @@ def analyze_sensitivity(
             if kept in done_kept:
                 continue
             done_kept.add(kept)
-            record = remove_atoms(model, [(group, plan.remove)], index)
-            try:
+            with trial(model, [(group, plan.remove)], index):
                 drop = float(metric(model))
                 params = params_of(model)
                 if meta_model is not None:
-                    meta_record = remove_atoms(meta_model, [(group, plan.remove)], meta_index)
-                    try:
+                    with trial(meta_model, [(group, plan.remove)], meta_index):
                         macs = macs_of(meta_model, meta_example)
-                    finally:
-                        meta_record.undo()
                 else:
                     macs = macs_of(model, example)
-            finally:
-                record.undo()
             if not math.isfinite(drop):
                 drop = float("inf")
             sens.points.append(

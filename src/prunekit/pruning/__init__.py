@@ -35,7 +35,7 @@ from prunekit.pruning.config import (
     matches,
 )
 from prunekit.pruning.select import GroupPlan, plan_group, plan_pruning, producers
-from prunekit.pruning.surgery import ModelIndex, SurgeryRecord, remove_atoms
+from prunekit.pruning.surgery import ModelIndex, SurgeryRecord, remove_atoms, trial
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,8 @@ def _rehearse(
     meta = _rehearsal_copy(model, graph)
     if meta is None:
         return None
-    record = remove_atoms(meta, [(p.group, p.remove) for p in plans], graph.meta_index)
-    try:
+    with trial(meta, [(p.group, p.remove) for p in plans], graph.meta_index):
         return _runs(meta, example, modes)
-    finally:
-        record.undo()
 
 
 def _culprits(

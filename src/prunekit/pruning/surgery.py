@@ -1,9 +1,15 @@
-"""Apply a removal: slice every affected parameter and buffer, then sync module attributes."""
+"""Apply a removal: slice every affected parameter and buffer, then sync module attributes.
+
+``remove_atoms`` cuts for good (its record can undo it); ``trial`` cuts for the duration of a
+``with`` block (measure, evaluate, rehearse) and puts the model back exactly as it was, the
+same tensor objects included, however the block ends.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +92,24 @@ class ModelIndex:
 def remove_atoms(
     model: nn.Module, removals: Iterable[tuple[Group, np.ndarray]], index: ModelIndex | None = None
 ) -> SurgeryRecord:
-    """Physically remove atoms from ``model`` (in place) and return what changed."""
+    """Physically remove atoms from ``model`` (in place) and return what changed.
+
+    All or nothing: if the surgery fails halfway, what it did is undone before the error
+    propagates."""
     removal = removal_indices(removals)
     index = index or ModelIndex.of(model)
     record = SurgeryRecord()
+    try:
+        _cut(removal, index, record)
+    except BaseException:
+        record.undo()
+        raise
+    return record
+
+
+def _cut(
+    removal: dict[str, dict[int, np.ndarray]], index: ModelIndex, record: SurgeryRecord
+) -> None:
     touched: dict[int, nn.Module] = {}
     for owner, dims in removal.items():
         old = index.tensors[owner]
@@ -112,7 +132,23 @@ def remove_atoms(
         if parent is not None and needs_sync(parent):
             record._modules.append((parent, type(parent), _simple_state(parent)))
             sync_module(parent)
-    return record
+
+
+@contextmanager
+def trial(
+    model: nn.Module, removals: Iterable[tuple[Group, np.ndarray]], index: ModelIndex | None = None
+) -> Iterator[nn.Module]:
+    """``with trial(model, [(group, atoms), ...]) as pruned: measure(pruned)``: the atoms
+    are removed from ``model`` in place for the block, and on leaving it (an exception too)
+    the model is restored exactly: the original tensor objects, module classes and attributes.
+
+    ``index``: the model's ``ModelIndex``, to build once when trying many removals.
+    """
+    record = remove_atoms(model, removals, index)
+    try:
+        yield model
+    finally:
+        record.undo()
 
 
 def _simple_state(module: nn.Module) -> dict[str, Any]:

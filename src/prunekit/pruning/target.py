@@ -23,7 +23,7 @@ from prunekit.inputs import ExampleInputs
 from prunekit.measure.macs import count_macs
 from prunekit.pruning.config import StructuredPruning
 from prunekit.pruning.select import keep_count, plan_pruning, producers
-from prunekit.pruning.surgery import remove_atoms
+from prunekit.pruning.surgery import ModelIndex, trial
 
 MAX_RATIO = 0.95
 TOLERANCE = 0.01  # of the original MACs
@@ -65,13 +65,18 @@ def search_ratio(
     base = count_macs(model, example).total
     probes: list[tuple[float, float]] = []
 
+    copies: list[tuple[nn.Module, ModelIndex]] = []  # one meta copy, made at the first probe
+
     def kept(candidate: StructuredPruning) -> float:
-        copy = meta_copy(model)
-        if copy is None:
-            raise TargetError("the model cannot be copied to search for a ratio; use --ratio")
+        if not copies:
+            copy = meta_copy(model)
+            if copy is None:
+                raise TargetError("the model cannot be copied to search for a ratio; use --ratio")
+            copies.append((copy, ModelIndex.of(copy)))
+        copy, index = copies[0]
         plans = plan_pruning(graph, tensors, candidate, scores)
-        remove_atoms(copy, [(p.group, p.remove) for p in plans])
-        return count_macs(copy, meta_inputs).total / base
+        with trial(copy, [(p.group, p.remove) for p in plans], index) as pruned:
+            return count_macs(pruned, meta_inputs).total / base
 
     def at(ratio: float) -> float:
         fraction = kept(replace(config, ratio=ratio))
