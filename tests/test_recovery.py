@@ -342,7 +342,7 @@ def test_unusable_checkpoint_dir_gives_clear_errors(tmp_path: Path) -> None:
 
 def test_finetune_config_is_validated() -> None:
     with pytest.raises(RecoveryError, match="unknown optimizer"):
-        FinetuneConfig(optimizer="adam")
+        FinetuneConfig(optimizer="rmsprop")
     with pytest.raises(RecoveryError, match="epochs"):
         FinetuneConfig(epochs=0)
     with pytest.raises(RecoveryError, match="teacher is the model"):

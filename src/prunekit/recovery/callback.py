@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.pruning import PruneResult, StructuredPruning, prune
 from prunekit.pruning._tensors import named_tensors
 from prunekit.pruning.select import keep_count, producers
+from prunekit.recovery._optim import group_layout, rebuild_optimizer
 from prunekit.recovery.distill import DistillationLoss, logits_of
 from prunekit.recovery.finetuning import FinetuneConfig, FinetuneResult, RecoveryError, finetune
 
@@ -229,14 +230,14 @@ class IterativePruning:
         if self.done:
             raise RecoveryError(f"all {self.steps} pruning steps are done")
         index = self.step_index
-        layout = _group_layout(self.model, self.optimizer) if self.optimizer is not None else None
+        layout = group_layout(self.model, self.optimizer) if self.optimizer is not None else None
         before = count_parameters(self.model)
         result = self.prune_step(self.model, index)
         after = count_parameters(self.model)
         if self.make_optimizer is not None:
             self.optimizer = self.make_optimizer(self.model)
         elif self.optimizer is not None and layout is not None:
-            self.optimizer = _rebuild(self.model, self.optimizer, layout)
+            self.optimizer = rebuild_optimizer(self.model, self.optimizer, layout)
         record = PruningRound(index, before, after, result)
         self.rounds.append(record)
         return record
@@ -283,45 +284,3 @@ class IterativePruning:
                 log=log,
             )
         return self.rounds
-
-
-# An optimizer's param groups, each as parameter names (str) or, for a tensor that is not the
-# model's, the tensor itself; plus the hyperparameters of each group.
-_Layout = list[tuple[dict[str, Any], list[str | Tensor]]]
-
-
-def _group_layout(model: nn.Module, optimizer: Optimizer) -> _Layout:
-    names = {id(p): n for n, p in model.named_parameters()}
-    layout: _Layout = []
-    for group in optimizer.param_groups:
-        hyper = {k: v for k, v in group.items() if k != "params"}
-        layout.append((hyper, [names.get(id(p), p) for p in group["params"]]))
-    return layout
-
-
-def _rebuild(model: nn.Module, old: Optimizer, layout: _Layout) -> Optimizer:
-    current = dict(model.named_parameters())
-    groups: list[dict[str, Any]] = []
-    for hyper, members in layout:
-        params: list[Tensor] = []
-        for m in members:
-            p = current.get(m) if isinstance(m, str) else m
-            if p is not None:
-                params.append(p)
-        if params:
-            groups.append({**hyper, "params": params})
-    if not groups:
-        raise RecoveryError("after pruning, none of the optimizer's parameters is left")
-    try:
-        new = type(old)(groups, **old.defaults)
-    except TypeError as exc:
-        raise RecoveryError(
-            f"cannot rebuild a {type(old).__name__} from its defaults ({exc}); pass "
-            "make_optimizer=lambda model: ... to IterativePruning instead"
-        ) from None
-    kept: Mapping[Any, Any] = old.state
-    for group in new.param_groups:
-        for p in group["params"]:
-            if p in kept:  # untouched by pruning: same tensor object, state still valid
-                new.state[p] = kept[p]
-    return new
