@@ -148,3 +148,25 @@ def test_a_killed_finetune_resumes_to_the_same_weights(models) -> None:  # type:
     assert resumed.returncode == 0, resumed.stderr
     a, b = _weights(straight), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_torchrun_two_ranks_trains_and_only_rank_zero_writes(models) -> None:  # type: ignore[no-untyped-def]
+    out = models["root"] / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29533", "-m", "prunekit", "finetune", str(models["pruned"]),
+         "--data", "digits", "--teacher", str(models["dense"]), "--epochs", "2",
+         "--batch-size", "16", "--out", str(out), "--json"],
+        env=env, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
+    assert record["stopped_by"] == "epochs" and len(record["history"]) == 2
+    assert record["eval"]["samples"] == 450
+    # what was written is the trained model: evaluating the artifact gives the recorded top-1
+    evaluated = pk.evaluate(pk.load(out).model, "digits")
+    assert evaluated["top1"] == record["eval"]["top1"]
+    assert not (models["root"] / "ddp.checkpoint").exists()

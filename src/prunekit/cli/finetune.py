@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit._progress import Progress
     from prunekit.api.evaluation import evaluate
     from prunekit.models import load_model
-    from prunekit.recovery.distributed import is_primary
+    from prunekit.recovery.distributed import is_primary, world_size
 
     primary = is_primary()
     out = check_output_dir(args.out, "prunekit finetune", force=args.force,
@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         if not progress or progress[-1].what != f"epoch {epoch}":
             if progress:
                 progress[-1].close()
-            steps = max(1, len(data.fit) * (1 - config.validation) // config.batch_size)
+            per_rank = len(data.fit) * (1 - config.validation) / world_size()
+            steps = max(1, per_rank // config.batch_size)
             progress.append(Progress(int(steps), f"epoch {epoch}"))
         progress[-1].update(step + 1, f"loss {loss:.4f}")
 

@@ -136,8 +136,10 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return DistributedDataParallel(module, device_ids=ids if device.type == "cuda" else None)
+    if device.type != "cuda":
+        return DistributedDataParallel(module)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(module, device_ids=[index])
 
 
 def unwrap(model: nn.Module) -> nn.Module:
