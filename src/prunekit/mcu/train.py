@@ -1,18 +1,19 @@
-"""A small, fast training loop for in-memory classification data (fine-tuning after pruning).
+"""Training on in-memory classification data (fine-tuning after pruning), on the recovery engine.
 
 It is what ``prunekit demo`` and ``prunekit mcu`` use between pruning steps; users with their own
-loop call ``GradualPruner.step()`` from it instead. Features that matter for compression:
-hooks after every optimizer step (masks, weight sharing), distillation from the dense model
-(Hinton et al. 2015), a cosine learning-rate schedule, and early stopping on the validation
-split that never stops (or rolls back) before ``min_epochs`` -- rolling back into the middle of a
-pruning schedule would restore weights that the schedule has already removed.
+loop call ``GradualPruner.step()`` from it instead. ``fit`` is a thin caller of
+``prunekit.recovery.finetune`` (one engine, one schedule): it adds in-memory batches with
+random shifts, and maps ``TrainConfig`` onto ``FinetuneConfig``. Features that matter for
+compression: hooks after every optimizer step (masks, weight sharing), distillation from the
+dense model (Hinton et al. 2015), a cosine learning-rate schedule, and early stopping on the
+validation split that never stops (or rolls back) before ``min_epochs`` -- rolling back into
+the middle of a pruning schedule would restore weights that the schedule has already removed.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.mcu.datasets import Splits
+from prunekit.recovery.finetuning import FinetuneConfig, finetune
 
 
 @dataclass(frozen=True)
@@ -79,23 +81,36 @@ def random_shift(
     return padded[torch.arange(n)[:, None, None], rows, cols].reshape(n, height * width)
 
 
-def _loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    config: TrainConfig,
-) -> torch.Tensor:
-    hard = F.cross_entropy(logits, labels)
-    if teacher_logits is None or config.distill_weight <= 0:
-        return hard
-    t = config.distill_temperature
-    soft = F.kl_div(
-        F.log_softmax(logits / t, dim=1),
-        F.softmax(teacher_logits / t, dim=1),
-        reduction="batchmean",
-    )
-    # t^2 keeps the soft term's gradient scale independent of the temperature (Hinton et al.).
-    return (1 - config.distill_weight) * hard + config.distill_weight * soft * t * t
+class ShiftedBatches:
+    """The training split as shuffled mini-batches, one epoch per iteration: a fresh order and
+    fresh shifts (``random_shift``) each time, all drawn from ``generator`` (which the engine
+    saves and restores with its checkpoints)."""
+
+    def __init__(self, data: Splits, config: TrainConfig, generator: torch.Generator) -> None:
+        self.data, self.config, self.generator = data, config, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data.train_y) / self.config.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data, size = self.data, self.config.batch_size
+        order = torch.randperm(len(data.train_y), generator=self.generator)
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            x = random_shift(data.train_x[batch], data.image_shape, self.config.shift_pixels,
+                             self.generator)  # fmt: skip
+            yield x, data.train_y[batch]
+
+
+def engine_config(config: TrainConfig) -> FinetuneConfig:
+    """``config`` as the recovery engine's settings: Adam, cosine decay over all steps, no
+    warm-up, distillation weight and temperature, patience and ``min_epochs`` as given."""
+    return FinetuneConfig(
+        epochs=config.epochs, lr=config.lr, optimizer="adam", weight_decay=config.weight_decay,
+        schedule="cosine", distill_alpha=config.distill_weight,
+        distill_temperature=config.distill_temperature, seed=config.seed,
+        patience=config.patience, min_epochs=config.min_epochs, amp="off",
+    )  # fmt: skip
 
 
 def fit(
@@ -113,48 +128,27 @@ def fit(
     weight-sharing projection); masks that must survive steps are enforced by them. At the end the
     weights with the best validation accuracy seen after ``min_epochs`` are restored.
     """
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
-    total_steps = max(1, config.epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
-    if teacher is not None:
-        teacher.eval()
-    best_accuracy, best_state, stale = -1.0, None, 0
-    history: list[float] = []
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(len(data.train_y), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            x, y = data.train_x[batch], data.train_y[batch]
-            x = random_shift(x, data.image_shape, config.shift_pixels, generator)
-            teacher_logits = None
-            if teacher is not None and config.distill_weight > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-            loss = _loss(model(x), y, teacher_logits, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            for hook in after_step:
-                hook()
-        val = accuracy(model, data.val_x, data.val_y)
-        history.append(val)
+    epochs_seen: list[int] = []
+
+    def validate(m: nn.Module) -> float:
+        val = accuracy(m, data.val_x, data.val_y)
+        epochs_seen.append(len(epochs_seen) + 1)
         if after_epoch is not None:
-            after_epoch(epoch, val)
-        if epoch < config.min_epochs:
-            continue
-        if val > best_accuracy:
-            best_accuracy, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(best_accuracy, epoch, history)
+            after_epoch(epochs_seen[-1], val)
+        return val
+
+    def hooks(epoch: int, step: int, loss: float) -> None:
+        for hook in after_step:
+            hook()
+
+    batches = ShiftedBatches(data, config, torch.Generator().manual_seed(config.seed))
+    result = finetune(
+        model, batches, config=engine_config(config), evaluate=validate,
+        teacher=teacher if config.distill_weight > 0 else None,
+        on_step=hooks if after_step else None, log=lambda _: None,
+    )  # fmt: skip
+    model.eval()
+    best = result.best
+    history = [h.val_score for h in result.history if h.val_score is not None]
+    return FitResult(best.val_score if best and best.val_score is not None else -1.0,
+                     len(result.history), history)  # fmt: skip

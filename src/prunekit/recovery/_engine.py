@@ -427,7 +427,7 @@ class Run:
         optimizer = self.optimizer
         optimizer.zero_grad(set_to_none=True)
         clip = self.config.grad_clip
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        params = [p for g in optimizer.param_groups for p in g["params"]] if clip else []
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             if clip is not None:
