@@ -89,6 +89,7 @@ def test_distillation_brings_a_damaged_student_back() -> None:
         result = distill_embeddings(student, teacher, batches, epochs=15, lr=1e-3,
                                     hidden_weight=hidden_weight)  # fmt: skip
         assert result.steps == 60 and result.epochs == pytest.approx(15.0)
+        assert result.stopped_by == "epochs"
         assert result.last_loss < 0.25 * result.first_loss
         gaps[hidden_weight] = _token_gap(student, teacher, batches[0]) / before
         for name, value in teacher.state_dict().items():  # the teacher is never trained
@@ -122,6 +123,7 @@ def test_time_budget_stops_early_and_decays_the_learning_rate() -> None:
         result = distill_embeddings(student, teacher, _batches(2), epochs=10_000,
                                     time_budget_s=1.0, lr=1e-3)  # fmt: skip
     assert result.epochs < 10_000 and 0.9 < result.seconds < 5.0
+    assert result.stopped_by == "time"
     # the cosine decay follows the clock when the clock ends first: the last steps run at a
     # small fraction of the initial learning rate, not at nearly all of it
     assert seen[0] == pytest.approx(1e-3, rel=0.05)
