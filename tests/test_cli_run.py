@@ -162,3 +162,59 @@ def test_a_run_dir_with_foreign_files_is_refused(tmp_path: Path, cli) -> None:  
     assert result.code == 1 and "notes.txt" in result.err
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+
+
+FINETUNE_RECIPE = """\
+model: prunekit.nn.mobile_cnn:MobileCNN
+model_kwargs: {width: 0.25}
+input_shape: 1,1,8,8
+data: digits
+target: macs=0.5
+steps: [train, prune, finetune, evaluate]
+train: {epochs: 1, lr: 0.1, batch_size: 32}
+finetune: {epochs: 4, batch_size: 8, lr: 0.05}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_killed_run_resumes_its_finetune_to_the_same_weights(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = _write(tmp_path, FINETUNE_RECIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run: same sums
+
+    def run(out: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "prunekit", "run", recipe, "--out", str(out)],
+                              env=env, capture_output=True, text=True, check=False)  # fmt: skip
+
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out = tmp_path / "killed"
+    checkpoint = out / "finetune.checkpoint" / "last.pt"
+    process = subprocess.Popen([sys.executable, "-m", "prunekit", "run", recipe, "--out", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the run ended before the fine-tune's first checkpoint"
+    assert not (out / "finetune").exists()
+    again = run(out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "train: skipped (inputs unchanged)" in again.stderr
+    assert "prune: skipped (inputs unchanged)" in again.stderr
+    record = json.loads((out / "finetune" / "finetune.json").read_text())
+    assert record["resumed"] is True
+    a = load_file(str(tmp_path / "straight" / "finetune" / "model.safetensors"))
+    b = load_file(str(out / "finetune" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not checkpoint.parent.exists()

@@ -249,18 +249,38 @@ class _State:
     record: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
+    progress: bool = False
+
+    def training_progress(self, config: Any) -> Any:
+        """An ``on_step`` for ``recover_`` drawing one progress bar per epoch, or None."""
+        if not self.progress:
+            return None
+        from prunekit._progress import Progress
+
+        bars: list[Progress] = []
+        per_epoch = max(1, int(len(self.data.fit) * (1 - config.validation)) // config.batch_size)
+
+        def on_step(epoch: int, step: int, loss: float) -> None:
+            if not bars or bars[-1].what != f"epoch {epoch}":
+                if bars:
+                    bars[-1].close()
+                bars.append(Progress(per_epoch, f"epoch {epoch}"))
+            bars[-1].update(step + 1, f"loss {loss:.4f}")
+
+        return on_step
 
 
 def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, log: Any = None,
-               on_step: Any = None) -> dict[str, Any]:  # fmt: skip
-    """Run every step of ``recipe`` into ``out``; returns (and writes) ``run.json``."""
+               on_step: Any = None, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Run every step of ``recipe`` into ``out``; returns (and writes) ``run.json``.
+    ``progress``: show training progress on stderr (a bar on a terminal)."""
     import prunekit as pk
 
     say = log or (lambda _: None)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     run_dir = check_run_dir(out)
-    state = _State(recipe, run_dir, say)
+    state = _State(recipe, run_dir, say, progress=progress)
     # everything that needs no model first: a bad data spec fails before any training
     from prunekit.data.specs import parse_spec
 
@@ -386,7 +406,8 @@ def _step_train(state: _State, directory: Path, digest: str) -> None:
     pk.recover_(model, state.data, config, example=state.example,
                 checkpoint_dir=state.run_dir / "train.checkpoint",
                 resume=(state.run_dir / "train.checkpoint" / "last.pt").is_file(),
-                record=record, log=state.say)  # fmt: skip
+                record=record, on_step=state.training_progress(config),
+                log=state.say)  # fmt: skip
     state.record["train"] = record
     _write_step(state, directory, digest, {"train.json": record}, model, state.dense)
     _remove_checkpoint(state.run_dir / "train.checkpoint")
@@ -469,7 +490,7 @@ def _step_finetune(state: _State, directory: Path, digest: str) -> None:
     pk.recover_(pruned.model, state.data, config, teacher=state.dense.model,
                 example=state.example, checkpoint_dir=checkpoint,
                 resume=(checkpoint / "last.pt").is_file(), record=record,
-                log=state.say)  # fmt: skip
+                on_step=state.training_progress(config), log=state.say)  # fmt: skip
     state.record["finetune"] = record
     _write_step(state, directory, digest, {"finetune.json": record}, pruned.model, pruned)
     _remove_checkpoint(checkpoint)

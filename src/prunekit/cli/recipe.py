@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)  # every check that needs no model first
     check_run_dir(args.out)
-    summary = run_recipe(recipe, args.out, log=say)
+    summary = run_recipe(recipe, args.out, log=say, progress=True)
     if args.json:
         print_json(summary)
         return 0
