@@ -170,3 +170,16 @@ def test_torchrun_two_ranks_trains_and_only_rank_zero_writes(models) -> None:  #
     evaluated = pk.evaluate(pk.load(out).model, "digits")
     assert evaluated["top1"] == record["eval"]["top1"]
     assert not (models["root"] / "ddp.checkpoint").exists()
+
+
+def test_resume_from_another_models_checkpoint_is_refused(cli, models) -> None:  # type: ignore[no-untyped-def]
+    other = pk.load(models["dense"])  # not the pruned model: other tensor shapes
+    pk.recover_(other.model, "digits", pk.RecoverConfig(epochs=1, batch_size=64),
+                checkpoint_dir=models["root"] / "mixed.checkpoint")  # fmt: skip
+    out = models["root"] / "mixed"
+    result = _finetune(cli, models, out, "--resume", "--epochs", "1")
+    assert result.code == 1
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert "checkpoint" in result.err and "mixed.checkpoint" in result.err
+    assert not out.exists()
+    assert (models["root"] / "mixed.checkpoint" / "last.pt").is_file()  # left as it was
