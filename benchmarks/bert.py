@@ -189,9 +189,10 @@ def fidelity_part(args: argparse.Namespace) -> dict[str, Any]:
                                     cache_teacher=args.hidden_weight > 0, log=log)  # fmt: skip
         row = {"heads": heads, "ffn": ffn, "criterion": label + " + distillation",
                **score(model), "distill_s": result.seconds, "distill_epochs": result.epochs,
-               "lr": lr}  # fmt: skip
+               "distill_stopped_by": result.stopped_by, "lr": lr}  # fmt: skip
         rows.append(row)
-        log(f"heads {heads:.0%} ffn {ffn:.0%} distilled {result.seconds:.0f} s: Spearman "
+        log(f"heads {heads:.0%} ffn {ffn:.0%} distilled {result.seconds:.0f} s "
+            f"({result.epochs:.1f} epochs, stopped by {result.stopped_by}): Spearman "
             f"{row['spearman']:.4f}, cosine {row['mean_cosine']:.4f}")  # fmt: skip
     return {"rows": rows}
 

@@ -65,7 +65,62 @@ def test_heads_ffn_and_layers_give_a_loadable_directory(  # type: ignore[no-unty
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=ids).last_hidden_state,
                                    model(input_ids=ids).last_hidden_state)  # fmt: skip
-    assert 0 < record["fidelity_on_data"]["mean_cosine"] <= 1.0 + 1e-6
+    assert 0 < record["fidelity"]["mean_cosine"] <= 1.0 + 1e-6
+    # fidelity is measured on held-out sentences only: 12 sentences -> 6 fit, 6 held out
+    assert record["split"]["fit"] + record["split"]["eval"] == len(SENTENCES) == record["sentences"]
+    assert record["split"]["eval"] == 6 and record["split"]["seed"] == 0
+    assert record["fidelity"]["sentences"] == 6 and record["fidelity"]["split"] == "eval"
+    assert record["distillation"] is None
+
+
+def test_held_out_sentences_never_reach_pruning_refit_or_distillation(  # type: ignore[no-untyped-def]
+    cli, tiny_bert: Path, sentences: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prunekit.cli import prune_transformer
+
+    fit, held = prune_transformer.split_sentences(SENTENCES, 0.2, 0)
+    assert sorted(fit + held) == sorted(SENTENCES) and len(held) == 6  # half of 12 (>= 3)
+    assert prune_transformer.split_sentences(SENTENCES, 0.2, 0) == (fit, held)  # seeded
+    assert prune_transformer.split_sentences(SENTENCES, 0.2, 1) != (fit, held)
+    many = [f"s{i}" for i in range(1000)]
+    assert len(prune_transformer.split_sentences(many, 0.2, 0)[1]) == 200
+    assert len(prune_transformer.split_sentences(many[:100], 0.2, 0)[1]) == 48  # MIN_EVAL
+    tokenised: list[str] = []  # batches to prune, refit and distil on
+    embedded: list[str] = []  # sentences whose embeddings the fidelity compares
+    import prunekit.evaluate.embedding as embedding
+
+    batches, embed = embedding.sentence_batches, embedding.embed
+    inside_embed: list[bool] = []
+
+    def spy_batches(tokenizer, texts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not inside_embed:
+            tokenised.extend(texts)
+        return batches(tokenizer, texts, *args, **kwargs)
+
+    def spy_embed(model, tokenizer, texts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        embedded.extend(texts)
+        inside_embed.append(True)
+        try:
+            return embed(model, tokenizer, texts, *args, **kwargs)
+        finally:
+            inside_embed.pop()
+
+    monkeypatch.setattr(embedding, "sentence_batches", spy_batches)
+    monkeypatch.setattr(embedding, "embed", spy_embed)
+    result = cli("prune", str(tiny_bert), "--heads", "0.5", "--data", str(sentences),
+                 "--seq-len", "32", "--distill-seconds", "1", "--out", str(tmp_path / "o"),
+                 "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert tokenised and set(tokenised) == set(fit)  # calibration, refit, distillation
+    assert embedded and set(embedded) == set(held)
+    record = result.json()
+    assert record["fidelity"]["sentences"] == len(held)
+    assert record["split"]["eval_from"].startswith(f"a random {len(held)} of the 12 sentences")
+    # the budget, not an epoch limit, ends the distillation, and says so
+    assert record["distillation"]["stopped_by"] == "time"
+    assert record["distillation"]["steps"] >= 1 and record["distillation"]["seconds"] >= 1.0
+    assert "distillation stopped by the time budget (1 s)" in result.err
+    assert "6 held out to measure fidelity" in result.err
 
 
 def test_distillation_brings_the_pruned_model_closer(  # type: ignore[no-untyped-def]
@@ -80,8 +135,11 @@ def test_distillation_brings_the_pruned_model_closer(  # type: ignore[no-untyped
         assert result.code == 0, result.err
         records[seconds] = result.json()
     assert records["3"]["config"]["distill_seconds"] == 3
+    # the clock ends the distillation, not a limit of 10 epochs (the old behaviour)
+    assert records["3"]["distillation"]["stopped_by"] == "time"
+    assert records["3"]["distillation"]["epochs"] > 10
     assert records["3"]["heads"] == records["0"]["heads"]  # the same heads, then recovered
-    before, after = records["0"]["fidelity_on_data"], records["3"]["fidelity_on_data"]
+    before, after = records["0"]["fidelity"], records["3"]["fidelity"]
     # random weights barely notice pruned heads (cosine 0.99985): the gap left still shrinks
     # by about 40% (measured), whatever the machine's speed within the 3 s
     assert 1 - after["mean_cosine"] < 0.8 * (1 - before["mean_cosine"])
@@ -128,7 +186,7 @@ def test_refit_of_the_projections_brings_the_pruned_model_closer(  # type: ignor
     assert names == [f"encoder.layer.{i}.{part}" for i in range(3)
                      for part in ("attention.output.dense", "output.dense")]  # fmt: skip
     assert all(r["error_after"] < r["error_before"] for r in refitted["reconstruction"])
-    before, after = plain["fidelity_on_data"], refitted["fidelity_on_data"]
+    before, after = plain["fidelity"], refitted["fidelity"]
     assert 1 - after["mean_cosine"] < 1 - before["mean_cosine"]
 
 

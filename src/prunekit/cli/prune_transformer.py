@@ -4,6 +4,12 @@ Layers, attention heads and FFN neurons go by data-driven importance measured on
 (``--data``, one per line; default: prunekit's built-in set); the result is a Hugging Face
 directory (``AutoModel.from_pretrained(DIR, trust_remote_code=True)``, or prunekit without
 remote code) with the tokenizer and a ``prune.json`` record.
+
+The sentences are split first (seeded; ``--eval-fraction`` of them, at least ``MIN_EVAL``
+when there are enough, held out): importance, the refit and the distillation see only the
+fit part, and the reported fidelity is measured on the held-out part alone (a model scored
+on the sentences it was distilled on looks better than it is). ``prune.json`` records the
+split and what stopped the distillation.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
                         help="transformers: distil the dense model's embeddings (and, unless "
                         "--layers drops layers, every layer's token hidden states) on --data "
                         "for up to S seconds after pruning (0: no recovery)")  # fmt: skip
+    parser.add_argument("--eval-fraction", type=float, default=0.2, metavar="F",
+                        help="transformers: share of the sentences held out to measure "
+                        f"fidelity on, never used to prune, refit or distil (default 0.2; at "
+                        f"least {MIN_EVAL} sentences when there are twice as many)")  # fmt: skip
+    parser.add_argument("--split-seed", type=int, default=0, metavar="N",
+                        help="transformers: seed of the fit / held-out split (default 0)")  # fmt: skip
     # default None: distill_embeddings' DEFAULT_LR applies (importing it here would load torch)
     parser.add_argument("--distill-lr", type=float, metavar="LR",
                         help="transformers: distillation learning rate (default: "
@@ -48,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser, amount: Any) -> None:
                         "heads and half the FFN)")  # fmt: skip
 
 
+# held-out sentences: at least this many when the data has twice as many (a Spearman
+# correlation over a dozen sentences says little)
+MIN_EVAL = 48
+# the distillation runs until --distill-seconds: the epoch limit is only a backstop
+DISTILL_MAX_EPOCHS = 100_000
 # Sentences the refit uses: on MiniLM with half its heads, one-shot Spearman 0.847 went to
 # 0.876 with 1024 and 0.883 with 2048 (256 gave no gain); each costs a few passes.
 RECONSTRUCT_SENTENCES = 2048
@@ -70,6 +87,28 @@ def dense_after_layer_drop(dense: Any, result: Any) -> Any:
     reference = copy.deepcopy(dense)
     drop_layers(reference, result.dropped_layers)
     return reference
+
+
+def split_sentences(
+    sentences: list[str], fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(fit, held out): a seeded random ``fraction`` of the sentences held out (at least
+    ``MIN_EVAL`` when there are twice as many, at least 3), both parts in their original order."""
+    import random
+
+    from prunekit.errors import InputSpecError
+
+    n = len(sentences)
+    if n < 4:
+        raise InputSpecError(
+            f"the transformer path needs at least 4 sentences (3 held out to measure fidelity), "
+            f"got {n}"
+        )
+    count = max(round(fraction * n), min(MIN_EVAL, n // 2), 3)
+    count = min(count, n - 1)
+    held = set(random.Random(seed).sample(range(n), count))
+    fit = [s for i, s in enumerate(sentences) if i not in held]
+    return fit, [s for i, s in enumerate(sentences) if i in held]
 
 
 def wants_transformer_path(args: argparse.Namespace) -> bool:
@@ -104,10 +143,19 @@ def run(args: argparse.Namespace, out: Any) -> int:
     distill_lr = DEFAULT_LR if args.distill_lr is None else args.distill_lr
     if distill_lr <= 0:
         raise InputSpecError("--distill-lr must be > 0")
+    if not 0 < args.eval_fraction < 1:
+        raise InputSpecError(f"--eval-fraction must be between 0 and 1, got {args.eval_fraction}")
     sentences, total = sample_sentences(args.data, MAX_SENTENCES)
     if total > len(sentences):
         say(f"--data holds {total:,} sentences: using a random {len(sentences):,} of them "
             "(seed 0, in file order), the most this path keeps in memory")  # fmt: skip
+    fit_sentences, eval_sentences = split_sentences(sentences, args.eval_fraction,
+                                                    args.split_seed)  # fmt: skip
+    source_name = args.data or "prunekit's built-in sentences"
+    split = {"seed": args.split_seed, "fit": len(fit_sentences), "eval": len(eval_sentences),
+             "eval_from": f"a random {len(eval_sentences)} of the {len(sentences)} sentences of "
+             f"{source_name} (seed {args.split_seed}); never used for importance, refit or "
+             "distillation"}  # fmt: skip
     source = Path(args.model)
     if not source.is_dir():
         raise InputSpecError(
@@ -130,32 +178,43 @@ def run(args: argparse.Namespace, out: Any) -> int:
     length = args.seq_len or 128
     dense = copy.deepcopy(model)
     before = count_params(model).params
-    calibration = sentence_batches(tokenizer, sentences[:64], 16, length)
-    example = dict(tokenizer(sentences[0], return_tensors="pt"))  # unpadded: heads traceable
+    calibration = sentence_batches(tokenizer, fit_sentences[:64], 16, length)
+    example = dict(tokenizer(fit_sentences[0], return_tensors="pt"))  # unpadded: heads traceable
     result = prune_transformer(model, example, calibration, config, log=say)
+    say(f"sentences: {len(fit_sentences)} to prune, refit and distil on, {len(eval_sentences)} "
+        f"held out to measure fidelity (seed {args.split_seed})")  # fmt: skip
     refits = []
     if args.reconstruct and (config.heads or config.ffn):
-        batches = sentence_batches(tokenizer, sentences[:RECONSTRUCT_SENTENCES], 16, length)
+        batches = sentence_batches(tokenizer, fit_sentences[:RECONSTRUCT_SENTENCES], 16, length)
         refits = reconstruct_linears(model, dense_after_layer_drop(dense, result), batches)
         say(f"refitted {len(refits)} projections: mean relative error "
             f"{sum(r.error_before for r in refits) / len(refits):.3f} -> "
             f"{sum(r.error_after for r in refits) / len(refits):.3f}")  # fmt: skip
+    distillation = None
     if args.distill_seconds:
         # batches of sentences of similar length: little padding, more sentences per second
-        batches = sentence_batches(tokenizer, sorted(sentences, key=len), 32, length)
+        batches = sentence_batches(tokenizer, sorted(fit_sentences, key=len), 32, length)
         # token hidden states are matched layer by layer, which needs the teacher's depth
         hidden = 0.0 if config.layers else 1.0
         settings: Any = dense.config
         states = (int(settings.num_hidden_layers) + 1) * int(settings.hidden_size) * 2  # fp16
         tokens = sum(int(b["attention_mask"].numel()) for b in batches)
-        distill_embeddings(model, dense, batches, time_budget_s=args.distill_seconds,
-                           lr=distill_lr,
-                           hidden_weight=hidden, cache_teacher=tokens * states < CACHE_BYTES,
-                           log=say)  # fmt: skip
+        done = distill_embeddings(model, dense, batches, epochs=DISTILL_MAX_EPOCHS,
+                                  time_budget_s=args.distill_seconds, lr=distill_lr,
+                                  hidden_weight=hidden,
+                                  cache_teacher=tokens * states < CACHE_BYTES, log=say)  # fmt: skip
         model.eval()
+        distillation = {"stopped_by": done.stopped_by, "seconds": done.seconds,
+                        "steps": done.steps, "epochs": done.epochs,
+                        "first_loss": done.first_loss, "last_loss": done.last_loss}  # fmt: skip
+        limit = (f"the time budget ({args.distill_seconds:g} s)" if done.stopped_by == "time"
+                 else f"the epoch limit ({DISTILL_MAX_EPOCHS:,} epochs)")  # fmt: skip
+        say(f"distillation stopped by {limit} after {done.seconds:.1f} s, {done.steps} steps "
+            f"({done.epochs:.2f} epochs of {len(fit_sentences)} sentences): loss "
+            f"{done.first_loss:.4f} -> {done.last_loss:.4f}")  # fmt: skip
     with torch.no_grad():
-        quality = fidelity(embed(dense, tokenizer, sentences, max_length=length),
-                           embed(model, tokenizer, sentences, max_length=length))  # fmt: skip
+        quality = fidelity(embed(dense, tokenizer, eval_sentences, max_length=length),
+                           embed(model, tokenizer, eval_sentences, max_length=length))  # fmt: skip
     record = {
         "model": loaded.name,
         "config": {"heads": config.heads, "ffn": config.ffn, "layers": config.layers,
@@ -166,7 +225,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
         "reconstruction": [vars(r) for r in refits],
         **result.to_dict(),
         "params": {"before": before, "after": count_params(model).params},
-        "fidelity_on_data": quality,
+        "fidelity": {**quality, "split": "eval"},
+        "split": split,
+        "distillation": distillation,
         "sentences": len(sentences),
         "sentences_in_data": total,
     }  # fmt: skip
@@ -183,9 +244,10 @@ def run(args: argparse.Namespace, out: Any) -> int:
     p = record["params"]
     print(f"parameters {p['before']:,} -> {p['after']:,} ({p['after'] / p['before']:.1%})")
     pairs = (f" (pairs of a random {quality['spearman_sentences']:,})"
-             if quality["spearman_sentences"] < len(sentences) else "")  # fmt: skip
-    print(f"fidelity on {len(sentences)} sentences: mean cosine {quality['mean_cosine']:.4f}, "
-          f"Spearman of pairwise similarities{pairs} {quality['spearman']:.4f}")  # fmt: skip
+             if quality["spearman_sentences"] < len(eval_sentences) else "")  # fmt: skip
+    print(f"fidelity on {len(eval_sentences)} held-out sentences (not used to prune, refit or "
+          f"distil): mean cosine {quality['mean_cosine']:.4f}, Spearman of pairwise "
+          f"similarities{pairs} {quality['spearman']:.4f}")  # fmt: skip
     print(
         f"wrote {args.out}/ (Hugging Face directory: AutoModel.from_pretrained(DIR, "
         "trust_remote_code=True); prune.json)"

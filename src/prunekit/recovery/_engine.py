@@ -393,7 +393,7 @@ class Run:
                                  "samples": samples, "seconds": seconds + _now() - began,
                                  "rng_epoch": epoch_rng}  # fmt: skip
                 self.say(
-                    f"stopped by the time budget ({self.config.max_seconds:g} s) after step "
+                    f"stopped by the time budget ({self.config.max_seconds:.3g} s) after step "
                     f"{index + 1}/{self.per_epoch} of epoch {epoch}"
                     + ("; checkpoint saved: call again to continue" if self.directory else "")
                 )
@@ -541,7 +541,7 @@ class Run:
             self.say(f"stopped early: no better validation score in {self.config.patience} "
                      f"epochs after epoch {self.best_epoch}")  # fmt: skip
         elif self.stopped_by == "time" and self.steps and self.position is None:
-            self.say(f"stopped by the time budget ({self.config.max_seconds:g} s) after epoch "
+            self.say(f"stopped by the time budget ({self.config.max_seconds:.3g} s) after epoch "
                      f"{len(self.history)}/{self.config.epochs}")  # fmt: skip
         if self.best_state is not None:
             self.module.load_state_dict(self.best_state)
