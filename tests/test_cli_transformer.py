@@ -135,9 +135,9 @@ def test_distillation_brings_the_pruned_model_closer(  # type: ignore[no-untyped
         assert result.code == 0, result.err
         records[seconds] = result.json()
     assert records["3"]["config"]["distill_seconds"] == 3
-    # the clock ends the distillation, not a limit of 10 epochs (the old behaviour)
+    # the clock ends the distillation (it used to end silently after 10 epochs)
     assert records["3"]["distillation"]["stopped_by"] == "time"
-    assert records["3"]["distillation"]["epochs"] > 10
+    assert records["3"]["distillation"]["seconds"] >= 3
     assert records["3"]["heads"] == records["0"]["heads"]  # the same heads, then recovered
     before, after = records["0"]["fidelity"], records["3"]["fidelity"]
     # random weights barely notice pruned heads (cosine 0.99985): the gap left still shrinks

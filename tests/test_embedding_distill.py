@@ -118,10 +118,17 @@ def test_time_budget_stops_early_and_decays_the_learning_rate() -> None:
         seen.append(float(self.param_groups[0]["lr"]))
         return original(self, *args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.optim.AdamW, "step", spy)
-        result = distill_embeddings(student, teacher, _batches(2), epochs=10_000,
-                                    time_budget_s=1.0, lr=1e-3)  # fmt: skip
+    threads = torch.get_num_threads()
+    # one thread: on a busy machine, threads that wait for each other make a step of this tiny
+    # model take most of the budget, and the test would see one or two steps
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.optim.AdamW, "step", spy)
+            result = distill_embeddings(student, teacher, _batches(2), epochs=10_000,
+                                        time_budget_s=1.0, lr=1e-3)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     assert result.epochs < 10_000 and 0.9 < result.seconds < 5.0
     assert result.stopped_by == "time"
     # the cosine decay follows the clock when the clock ends first: the last steps run at a

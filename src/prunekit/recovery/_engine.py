@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,16 @@ from prunekit.errors import DataError
 from prunekit.evaluate import evaluate_classification
 from prunekit.recovery import _checkpoint as ck
 from prunekit.recovery import distributed
+from prunekit.recovery._batches import (
+    batch_size,
+    cpu_copy,
+    default_forward,
+    describe,
+    steps_per_epoch,
+    to_device,
+)
 from prunekit.recovery._checkpoint import CheckpointError, RecoveryError
-from prunekit.recovery._optim import Layout, group_layout
+from prunekit.recovery._optim import Layout, amp_settings, group_layout, lr_factor, make_optimizer
 from prunekit.recovery.finetuning import EpochStats, FinetuneConfig, FinetuneResult
 from prunekit.recovery.losses import ClassificationLoss
 
@@ -51,115 +59,6 @@ class Clock:
 
     def expired(self) -> bool:
         return self.budget is not None and self.elapsed() >= self.budget
-
-
-# --- pieces -------------------------------------------------------------------------------
-
-
-def steps_per_epoch(loader: Iterable[Any], config: FinetuneConfig) -> int:
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        if config.max_steps_per_epoch is None:
-            raise RecoveryError(
-                "the train loader has no length; set FinetuneConfig.max_steps_per_epoch so the "
-                "learning-rate schedule knows how many steps an epoch has"
-            ) from None
-        return config.max_steps_per_epoch
-    if n == 0:
-        raise DataError("the train loader is empty")
-    return n if config.max_steps_per_epoch is None else min(n, config.max_steps_per_epoch)
-
-
-def lr_factor(config: FinetuneConfig, per_epoch: int, clock: Clock) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 0 (over the steps, or the steps and the clock),
-    or constant."""
-    total = max(1, config.epochs * per_epoch)
-    warmup = min(total, round(config.warmup_epochs * per_epoch))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if config.schedule == "cosine_time":
-            progress = max(progress, clock.fraction())
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def make_optimizer(params: list[nn.Parameter], config: FinetuneConfig) -> Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def amp_settings(config: FinetuneConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a gradient scaler is needed)."""
-    if config.amp == "auto":
-        cuda = device.type == "cuda" and torch.cuda.is_available()
-        return (torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None), False
-    return {"off": (None, False), "bf16": (torch.bfloat16, False),
-            "fp16": (torch.float16, True)}[config.amp]  # fmt: skip
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
-
-
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model(inputs)`` for an ``(inputs, labels)`` pair, ``model(**batch)`` for a mapping,
-    ``model(batch)`` for a tensor."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return model(batch[0])
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, Tensor):
-        return model(batch)
-    raise DataError(
-        f"cannot call the model on a {type(batch).__name__} batch: give (inputs, labels) pairs, "
-        "mappings of keyword arguments or tensors, or pass forward=(model, batch) -> output"
-    )
-
-
-def batch_size(batch: Any) -> int:
-    """Samples in a batch: the labels' length for a pair, else the first tensor's."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor):
-        return int(batch[1].shape[0]) if batch[1].dim() else 1
-    stack = [batch]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, Tensor):
-            return int(item.shape[0]) if item.dim() else 1
-        if isinstance(item, Mapping):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return 1
-
-
-def cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def describe(stats: EpochStats, epochs: int) -> str:
-    text = f"epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f}, lr {stats.lr:.3g}"
-    if stats.val_top1 is not None:
-        text += f", val top-1 {stats.val_top1:.4f}"
-    if stats.val_score is not None and stats.val_score != stats.val_top1:
-        text += f", val score {stats.val_score:.4f}"
-    return text
 
 
 # --- the run ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Optimizers of the recovery engine, and rebuilding one after pruning swapped tensors.
+"""Optimizer, learning-rate schedule and precision of the recovery engine, and rebuilding an
+optimizer after pruning swapped tensors.
 
 Structured pruning *replaces* every tensor it shrinks with a new ``nn.Parameter``: an
 optimizer built before still holds the old, full-size tensors. ``rebuild_optimizer`` makes a
@@ -10,13 +11,23 @@ old state has the wrong shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from prunekit.recovery._checkpoint import RecoveryError
+
+if TYPE_CHECKING:
+    from prunekit.recovery.finetuning import FinetuneConfig
+
+
+class _Fraction(Protocol):
+    def fraction(self) -> float: ...  # share of the time budget spent, in [0, 1]
+
 
 # An optimizer's param groups, each as parameter names (str) or, for a tensor that is not the
 # model's, the tensor itself; plus the hyperparameters of each group.
@@ -60,3 +71,40 @@ def rebuild_optimizer(model: nn.Module, old: Optimizer, layout: Layout) -> Optim
             if p in kept:  # untouched by pruning: same tensor object, state still valid
                 new.state[p] = kept[p]
     return new
+
+
+def lr_factor(config: FinetuneConfig, per_epoch: int, clock: _Fraction) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 0 (over the steps, or the steps and the clock),
+    or constant."""
+    total = max(1, config.epochs * per_epoch)
+    warmup = min(total, round(config.warmup_epochs * per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if config.schedule == "cosine_time":
+            progress = max(progress, clock.fraction())
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(params: list[nn.Parameter], config: FinetuneConfig) -> Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def amp_settings(config: FinetuneConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a gradient scaler is needed)."""
+    if config.amp == "auto":
+        cuda = device.type == "cuda" and torch.cuda.is_available()
+        return (torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None), False
+    return {"off": (None, False), "bf16": (torch.bfloat16, False),
+            "fp16": (torch.float16, True)}[config.amp]  # fmt: skip
