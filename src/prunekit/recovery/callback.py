@@ -254,6 +254,8 @@ class IterativePruning:
         evaluate: Callable[[nn.Module], float] | None = None,
         on_step: Callable[[int, int, float], object] | None = None,
         log: Callable[[str], object] | None = None,
+        loss: Callable[[Any, Any, Any], Tensor] | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
     ) -> list[PruningRound]:
         """Each remaining step: prune, then ``finetune`` with ``config`` (arguments as there).
 
@@ -282,5 +284,7 @@ class IterativePruning:
                 evaluate=evaluate,
                 on_step=on_step,
                 log=log,
+                loss=loss,
+                forward=forward,
             )
         return self.rounds
