@@ -164,3 +164,29 @@ def test_transformer_pruning_by_config_type(tiny_bert_dir: Path, tmp_path: Path)
     heads = [layer.attention.self.num_attention_heads for layer in loaded.model.encoder.layer]
     assert sum(heads) == 4  # half of 2 layers x 4 heads, allocated globally
     assert record["after"]["params"] < record["before"]["params"]
+
+
+def test_recover_and_evaluate_a_segmentation_model(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):  # class 1 where the image is bright, 0 where dark: learnable per pixel
+        mask = (rng.random((8, 8)) > 0.5).astype(np.uint8)
+        image = np.where(mask[..., None] == 1, 220, 30).astype(np.uint8).repeat(3, axis=2)
+        Image.fromarray(image).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i}.png")
+    model = torch.nn.Conv2d(3, 2, 1)
+    torch.nn.init.zeros_(model.weight)
+    example = torch.zeros(1, 3, 8, 8)
+    before = pk.evaluate(model, str(root), example=example)
+    record: dict = {}
+    pk.recover_(model, str(root), pk.RecoverConfig(epochs=15, lr=0.5, batch_size=4),
+                example=example, record=record)  # fmt: skip
+    after = pk.evaluate(model, str(root), example=example)
+    assert after["task"] == "segmentation" and after["samples"] == 4  # 20% of 20 held out
+    assert before["miou"] < 0.5 < 0.95 < after["miou"]
+    assert record["validation"]["metric"] == "miou"

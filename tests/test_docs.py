@@ -171,10 +171,11 @@ def test_transformer_tutorial(tmp_path: Path) -> None:
     assert fidelity["samples"] == fidelity["data"]["split"]["eval"] == 52
     assert "20%" in fidelity["data"]["split"]["eval_from"]
     assert 0.5 < fidelity["mean_cosine"] <= 1.0 and -1.0 <= fidelity["spearman"] <= 1.0
-    # the heads were chosen on the fit part only: none of the eval sentences was read
-    fit = (cwd / "runs" / "sentences-fit.txt").read_text().splitlines()
+    # prune held out the very sentences evaluate measures: the same split, the same fidelity
     prune = json.loads((cwd / "runs" / "minilm-h50" / "prune.json").read_text())
-    assert len(fit) == 209 and prune["sentences"] == 209
+    assert (prune["split"]["fit"], prune["split"]["eval"]) == (209, 52)
+    assert prune["fidelity"]["mean_cosine"] == pytest.approx(fidelity["mean_cosine"], abs=1e-5)
+    assert prune["fidelity"]["spearman"] == pytest.approx(fidelity["spearman"], abs=1e-5)
     assert "eval split: 52 sentences" in stdout
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunekit.api._config import VerbConfig, choice, number, positive_int
@@ -75,35 +74,12 @@ class RecoverConfig(VerbConfig):
             device=self.device,
             seed=self.seed,
             max_seconds=self.seconds,
+            # with a clock, the LR decays over whichever ends first: the epochs or the time
+            schedule="cosine_time" if self.seconds is not None else "cosine",
             grad_clip=self.grad_clip,
             amp=self.amp,
             patience=self.patience,
         )
-
-
-def segmentation_loss(temperature: float, alpha: float) -> Any:
-    """Pixel cross-entropy on the masks (255 ignored), plus pixel-wise logit distillation."""
-    from prunekit.evaluate.segmentation import IGNORE_INDEX, segmentation_logits
-
-    def loss(output: Any, batch: Any, teacher_output: Any) -> torch.Tensor:
-        logits = segmentation_logits(output)
-        masks = batch[1].to(logits.device)
-        if logits.shape[-2:] != masks.shape[-2:]:
-            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
-                                   align_corners=False)  # fmt: skip
-        task = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
-        if teacher_output is None or alpha == 0:
-            return task
-        teacher = segmentation_logits(teacher_output)
-        if teacher.shape[-2:] != logits.shape[-2:]:
-            teacher = F.interpolate(teacher, size=logits.shape[-2:], mode="bilinear",
-                                    align_corners=False)  # fmt: skip
-        t = temperature
-        kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher / t, 1),
-                      log_target=True, reduction="none").sum(1).mean() * t * t  # fmt: skip
-        return alpha * kd + (1 - alpha) * task
-
-    return loss
 
 
 def check_teacher(student: nn.Module, teacher: nn.Module, example: Any) -> None:
@@ -183,8 +159,10 @@ def recover_(
     val_loader = torch.utils.data.DataLoader(val_part, batch_size=256)
     if resolved.task == "segmentation":
         from prunekit.evaluate.segmentation import evaluate_segmentation
+        from prunekit.recovery.losses import SegmentationLoss
 
-        loss = segmentation_loss(config.kd_temperature, config.kd_alpha if teacher else 0.0)
+        loss: Any = SegmentationLoss(temperature=config.kd_temperature,
+                                     alpha=config.kd_alpha if teacher else 0.0)  # fmt: skip
 
         def score(m: nn.Module) -> float:
             return evaluate_segmentation(m, val_loader).miou

@@ -94,8 +94,6 @@ def split_sentences(
 ) -> tuple[list[str], list[str]]:
     """(fit, held out): a seeded random ``fraction`` of the sentences held out (at least
     ``MIN_EVAL`` when there are twice as many, at least 3), both parts in their original order."""
-    import random
-
     from prunekit.errors import InputSpecError
 
     n = len(sentences)
@@ -104,11 +102,11 @@ def split_sentences(
             f"the transformer path needs at least 4 sentences (3 held out to measure fidelity), "
             f"got {n}"
         )
+    from prunekit.data.specs import seeded_split
+
     count = max(round(fraction * n), min(MIN_EVAL, n // 2), 3)
-    count = min(count, n - 1)
-    held = set(random.Random(seed).sample(range(n), count))
-    fit = [s for i, s in enumerate(sentences) if i not in held]
-    return fit, [s for i, s in enumerate(sentences) if i in held]
+    fit, held = seeded_split(sentences, fraction, seed, "--data", held=count)
+    return fit, held
 
 
 def wants_transformer_path(args: argparse.Namespace) -> bool:

@@ -95,7 +95,7 @@ class Data:
     def fit_and_validation(self, fraction: float, seed: int) -> tuple[Any, Any]:
         """``fit`` cut in two (seeded): train on the first, choose (best epoch, early stop) on
         the second; ``eval`` stays untouched."""
-        return _seeded_halves(self.fit, fraction, seed, f"{self.spec} (fit part)")
+        return seeded_split(self.fit, fraction, seed, f"{self.spec} (fit part)")
 
     def shaped_for(self, shape: Sequence[int] | None) -> Data:
         """This data with every input reshaped to ``shape`` (no batch dimension) when the
@@ -144,14 +144,21 @@ def _permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def _seeded_halves(items: Any, fraction: float, seed: int, what: str) -> tuple[Any, Any]:
-    """Split ``items`` (a dataset or a list) into (rest, held) with ``fraction`` held out."""
+def seeded_split(
+    items: Any, fraction: float, seed: int, what: str, *, held: int | None = None
+) -> tuple[Any, Any]:
+    """Split ``items`` (a dataset or a list) into (fit, held out): ``fraction`` of them (or
+    exactly ``held``) held out, chosen by a seeded permutation, each part in the original
+    order. Every command splits with this one function, so the same seed and size hold out
+    the same items everywhere (``prunekit prune --heads`` and ``prunekit evaluate`` agree)."""
     n = len(items)
     if not 0 < fraction < 1:
         raise DataError(f"the held-out fraction must be in (0, 1), got {fraction}")
     if n < 2:
         raise DataError(f"{what}: {n} sample(s); need at least 2 to hold some out")
-    held = min(n - 1, max(1, round(n * fraction)))
+    if held is None:
+        held = round(n * fraction)
+    held = min(n - 1, max(1, held))
     order = _permutation(n, seed)
     rest_idx, held_idx = sorted(order[held:]), sorted(order[:held])
     if isinstance(items, list):
@@ -296,7 +303,7 @@ def _image_folder(spec: str, root: Path, seed: int, fraction: float, size: int) 
             return Data(spec, "images", "classification", fit, test, split,
                         len(fit.classes), (3, size, size))  # fmt: skip
     dataset = image_folder_dataset(root, image_size=size, resize_size=resize)
-    fit_part, eval_part = _seeded_halves(dataset, fraction, seed, str(root))
+    fit_part, eval_part = seeded_split(dataset, fraction, seed, str(root))
     split = DataSplit(seed, len(fit_part), len(eval_part), f"a seeded {fraction:.0%} of {root}")
     return Data(spec, "images", "classification", fit_part, eval_part, split,
                 len(dataset.classes), (3, size, size))  # fmt: skip
@@ -350,7 +357,7 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 def _segmentation(spec: str, root: Path, seed: int, fraction: float, size: int) -> Data:
     dataset = SegmentationFolder(root, size)
-    fit_part, eval_part = _seeded_halves(dataset, fraction, seed, str(root))
+    fit_part, eval_part = seeded_split(dataset, fraction, seed, str(root))
     split = DataSplit(seed, len(fit_part), len(eval_part), f"a seeded {fraction:.0%} of {root}")
     return Data(spec, "segmentation", "segmentation", fit_part, eval_part, split, None,
                 (3, size, size))  # fmt: skip
@@ -360,7 +367,7 @@ def _sentences(spec: str, path: Path, seed: int, fraction: float, limit: int) ->
     from prunekit.data import sample_sentences
 
     sentences, total = sample_sentences(path, limit)
-    fit_part, eval_part = _seeded_halves(sentences, fraction, seed, str(path))
+    fit_part, eval_part = seeded_split(sentences, fraction, seed, str(path))
     split = DataSplit(seed, len(fit_part), len(eval_part), f"a seeded {fraction:.0%} of {path}")
     details = {"sentences_in_file": total} if total != len(sentences) else {}
     return Data(spec, "sentences", "embedding", fit_part, eval_part, split, None, None, details)
