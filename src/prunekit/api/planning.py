@@ -108,6 +108,7 @@ def plan(
     config: PlanConfig | None = None,
     lut: Any = None,
     log: Any = None,
+    option: str = "protect",
 ) -> Any:
     """A ``Plan`` meeting ``target`` (``"macs=0.5"``, ``"params=0.4"``, ``"bytes=2MB"``,
     ``"latency_ms=12"`` with ``lut``, or a ``Target``). ``sensitivity``: a ``Sensitivity`` or
@@ -128,7 +129,7 @@ def plan(
         sensitivity = Sensitivity.load(sensitivity)
     names = sorted(n for n, _ in model.named_modules() if n)
     protect = as_patterns(config.protect, names)
-    check_patterns_match(protect, names, "protect")
+    check_patterns_match(protect, names, option)  # option: how the caller names it
     was = model.training
     model.eval()
     try:

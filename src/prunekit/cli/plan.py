@@ -41,14 +41,14 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import math
 
+    import prunekit as pk
     from prunekit._outputs import check_output_file
     from prunekit.errors import InputSpecError
-    from prunekit.graph import trace_channels
     from prunekit.planning.lut import LatencyTable
     from prunekit.planning.planner import FORMAT as PLAN_FORMAT
-    from prunekit.planning.planner import Target, make_plan
+    from prunekit.planning.planner import Target
     from prunekit.planning.sensitivity import Sensitivity
-    from prunekit.pruning.config import as_patterns, check_pattern, check_patterns_match
+    from prunekit.pruning.config import check_pattern
 
     # every check that needs no model comes first: bad input fails in a second, writes nothing
     out = check_output_file(args.out, formats=(PLAN_FORMAT,), force=args.force, log=say)
@@ -66,18 +66,14 @@ def run(args: argparse.Namespace) -> int:
     sensitivity = Sensitivity.load(args.sensitivity)
     lut = LatencyTable.load(args.lut) if args.lut else None
     loaded = load_from_args(args)
-    model = loaded.model.eval()
-    example = loaded.input_spec.make(1)
-    names = sorted(n for n, _ in model.named_modules() if n)
-    protect = as_patterns(args.protect, names)
-    check_patterns_match(protect, names, "--protect")
-    graph = trace_channels(model, example)
     weight = args.latency_weight
     if weight is None:
         weight = 1.0 if lut is not None and target.kind != "latency_ms" else 0.0
-    plan = make_plan(model, example, graph, sensitivity, target, lut=lut, round_to=args.round_to,
-                     protect=protect, latency_weight=weight, blocks=args.blocks,
-                     log=say)  # fmt: skip
+    config = pk.PlanConfig(round_to=args.round_to, protect=tuple(args.protect),
+                           latency_weight=weight, blocks=args.blocks)  # fmt: skip
+    plan = pk.plan(loaded.model.eval(), loaded.input_spec.make(1), target,
+                   sensitivity=sensitivity, config=config, lut=lut, log=say,
+                   option="--protect")  # fmt: skip
     plan.provenance = {**loaded.provenance(), "sensitivity": str(args.sensitivity),
                        "sensitivity_settings": sensitivity.settings,
                        "lut": str(args.lut) if args.lut else None}  # fmt: skip
