@@ -190,3 +190,22 @@ def test_recover_and_evaluate_a_segmentation_model(tmp_path: Path) -> None:
     assert after["task"] == "segmentation" and after["samples"] == 4  # 20% of 20 held out
     assert before["miou"] < 0.5 < 0.95 < after["miou"]
     assert record["validation"]["metric"] == "miou"
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_compress_for_mcu_fits_the_budget_and_keeps_accuracy() -> None:
+    from prunekit.mcu.compress import Recipe, integer_accuracy, train_dense
+    from prunekit.mcu.datasets import load_splits
+
+    splits = load_splits("digits")
+    recipe = Recipe(dense_epochs=30, prune_epochs=15, finetune_epochs=8, sharing_epochs=4,
+                    batch_size=32, patience=10, shift_pixels=0)  # fmt: skip
+    dense = train_dense([64, 64, 10], splits, recipe)
+    before = [p.detach().clone() for p in dense.parameters()]
+    result = pk.compress_for_mcu(dense, "digits", "3KB", recipe=recipe, value_bits=(8,))
+    best = result.best
+    assert best.bytes <= 3 * 1024  # counted on the encoded weights, not estimated
+    test = integer_accuracy(best.qmodel, splits.test_x, splits.test_y)  # held-out test split
+    assert test > 0.85
+    assert all(torch.equal(a, b) for a, b in zip(before, dense.parameters(), strict=True))
