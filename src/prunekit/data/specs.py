@@ -219,25 +219,27 @@ def load_data(
     return _sentences(spec, Path(location), seed, eval_fraction, max_sentences)
 
 
-def mnist_root() -> Path:
-    """MNIST's IDX files in the prunekit cache, downloaded with torchvision the first time;
-    offline this fails with a message saying how to pass the files instead."""
-    raw = _MNIST_CACHE / "MNIST" / "raw"
+def mnist_root(cache: Path | None = None, pass_as: str = "a directory") -> Path:
+    """MNIST's IDX files in the prunekit cache (or ``cache``), downloaded with torchvision the
+    first time; offline this fails with a message saying how to pass the files instead
+    (``pass_as``: the option that takes them)."""
+    root = cache if cache is not None else _MNIST_CACHE
+    raw = root / "MNIST" / "raw"
     if raw.is_dir() and any(raw.glob("t10k-labels*")):
-        return _MNIST_CACHE
+        return root
     from torchvision.datasets import MNIST
 
     try:
         for train in (True, False):
-            MNIST(str(_MNIST_CACHE), train=train, download=True)
+            MNIST(str(root), train=train, download=True)
     except Exception as exc:  # URLError, HTTPError, RuntimeError("Error downloading ...")
         raise DataError(
             f"could not download MNIST ({type(exc).__name__}: {exc}); without internet pass "
-            "a directory with the four IDX files (train-images-idx3-ubyte, "
+            f"{pass_as} with the four IDX files (train-images-idx3-ubyte, "
             "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
             "optionally .gz)"
         ) from None
-    return _MNIST_CACHE
+    return root
 
 
 def _builtin(name: str, seed: int) -> Data:

@@ -94,21 +94,9 @@ def load_idx_splits(name: str, root: str | Path, validation: int = 5000, seed: i
 
 def _download_mnist() -> Path:
     """Fetch MNIST with torchvision into the prunekit cache; offline this fails clearly."""
-    raw = _MNIST_CACHE / "MNIST" / "raw"
-    if raw.is_dir() and any(raw.glob("t10k-labels*")):
-        return _MNIST_CACHE
-    from torchvision.datasets import MNIST
+    from prunekit.data.specs import mnist_root
 
-    try:
-        for train in (True, False):
-            MNIST(str(_MNIST_CACHE), train=train, download=True)
-    except Exception as exc:  # URLError, HTTPError, RuntimeError("Error downloading ...")
-        raise DataError(
-            f"could not download MNIST ({type(exc).__name__}: {exc}); without internet pass "
-            "--data-dir with the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, optionally .gz)"
-        ) from None
-    return _MNIST_CACHE
+    return mnist_root(_MNIST_CACHE, "--data-dir")
 
 
 def load_splits(name: str, data_dir: str | Path | None = None, seed: int = 0) -> Splits:
