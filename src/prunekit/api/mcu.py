@@ -23,7 +23,7 @@ def compress_for_mcu(
     ``"6KB"``) on ``data`` (``digits``, ``mnist``, ``fashion-mnist``): returns the
     ``Compression`` whose ``.best`` candidate is the most accurate that fits, chosen on a
     validation split and reported on the test split. The input model is not changed."""
-    from prunekit.mcu.budget import parse_bytes
+    from prunekit._units import parse_bytes
     from prunekit.mcu.compress import Recipe, compress_to_budget
     from prunekit.mcu.datasets import load_splits
 

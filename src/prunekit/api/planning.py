@@ -49,7 +49,9 @@ class PlanConfig(VerbConfig):
     def __post_init__(self) -> None:
         positive_int(self.round_to, "round_to")
         object.__setattr__(self, "protect", tuple(self.protect))
-        choice(self.importance, "importance", ("l1", "l2", "bn_scale", "random"))
+        from prunekit.api.prune import IMPORTANCE
+
+        choice(self.importance, "importance", IMPORTANCE)
         number(self.latency_weight, "latency_weight", low=0)
 
 

@@ -19,10 +19,12 @@ from typing import Any
 from torch import nn
 
 from prunekit.api._config import ConfigError, VerbConfig, choice, number, positive_int
+from prunekit.criteria.registry import criterion_names
 from prunekit.pruning.config import StructuredPruning
 from prunekit.pruning.transformer import TransformerPruning
 
-IMPORTANCE = ("l1", "l2", "bn_scale", "random")
+# the criteria that need no calibration data (the others: prunekit.criteria.group_scores)
+IMPORTANCE = criterion_names(needs_data=False)
 
 
 @dataclass(frozen=True)

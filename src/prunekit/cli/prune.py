@@ -18,6 +18,8 @@ from prunekit.cli._common import (
 
 
 def register(sub: Any) -> None:
+    from prunekit.criteria.registry import criterion_names  # names only: no torch
+
     parser = sub.add_parser(
         "prune",
         help="remove channels, neurons and attention heads; write a pruned artifact",
@@ -60,7 +62,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="keep a multiple of N channels per group",
     )
-    parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn_scale", "random"))
+    parser.add_argument("--importance", default="l1", choices=criterion_names(needs_data=False))
     parser.add_argument("--calibration", metavar="DIR",
                         help="with --plan: an image folder whose images set what each dropped "
                         "residual block adds in place of its branch (default: random inputs)")  # fmt: skip

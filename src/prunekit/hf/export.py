@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-import prunekit
 from prunekit._outputs import OutputDir, check_output_dir
+from prunekit._version import __version__
 from prunekit.hf import HFExportError
 from prunekit.hf import modeling_prunekit as modeling
 
@@ -150,7 +150,7 @@ def pruned_config(model: nn.Module, kept_layers: Sequence[int] | None = None) ->
         modeling.INTERMEDIATE: [p.intermediate for p in parts],
         modeling.KEPT_LAYERS: kept if kept != list(range(original)) else None,
         ORIGINAL_LAYERS: original if original != len(parts) else None,
-        VERSION: prunekit.__version__,
+        VERSION: __version__,
         "auto_map": {
             "AutoConfig": f"{module}.{config_cls.__name__}",
             **{auto: f"{module}.{pruned.__name__}" for auto, _, pruned in entries},

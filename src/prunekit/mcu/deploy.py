@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from prunekit import __version__
 from prunekit._outputs import OutputDir, check_output_dir
+from prunekit._version import __version__
 from prunekit.mcu.c_export import CSource, generate_c
 from prunekit.mcu.compile import check_against_reference, find_c_compiler, measure_object
 from prunekit.mcu.compress import Candidate, Compression, integer_accuracy

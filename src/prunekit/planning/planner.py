@@ -113,7 +113,7 @@ class Target:
                 f"target {text!r}: expected KIND=VALUE with KIND one of {', '.join(TARGET_KINDS)}"
             )
         if kind == "bytes":
-            from prunekit.mcu.budget import parse_bytes
+            from prunekit._units import parse_bytes
 
             try:
                 return cls(kind, float(parse_bytes(value)))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._outputs import open_permissions
+from prunekit._outputs import write_file_atomic
 from prunekit.errors import PrunekitError
 
 BEST_PREFIX = "best-epoch"
@@ -59,19 +59,8 @@ def prepare_dir(checkpoint_dir: str | os.PathLike[str]) -> Path:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        open_permissions(Path(tmp))  # mkstemp's 0600 would hide checkpoints from teammates
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through prunekit's one atomic writer (staging file, fsync, rename)."""
+    write_file_atomic(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def load(path: Path) -> Any:
