@@ -18,6 +18,8 @@ CONFIGS = [
     pk.TargetPruning(macs=0.4, round_to=4, ignore=("features.0",)),
     pk.PlanConfig(round_to=8, protect=("classifier",)),
     pk.SensitivityConfig(samples=16, ratios=(0.25, 0.5)),
+    pk.TransformerPruning(heads=0.25, ffn=0.5, layers=1, head_allocation="uniform"),
+    pk.StructuredPruning(ratio=0.3, ratios={"features.1": 0.5}, round_to=8),
 ]
 
 

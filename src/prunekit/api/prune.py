@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +219,7 @@ def _prune_transformer(
     if record is not None:
         record.update(
             {
-                "config": {"type": "TransformerPruning", **dataclasses.asdict(config)},
+                "config": {"type": "TransformerPruning", **config.to_dict()},
                 "before": {"params": before},
                 "after": {"params": count_params(model).params},
                 **result.to_dict(),

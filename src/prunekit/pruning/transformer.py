@@ -23,6 +23,7 @@ Criteria: ``importance`` (mask-gradient importance, ``criteria.head_importance``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -97,6 +98,18 @@ class TransformerPruning:
             type_error=PruneConfigTypeError,
             value_error=PruneConfigValueError,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TransformerPruning:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise PruneConfigValueError(
+                f"unknown transformer pruning settings: {', '.join(unknown)}"
+            )
+        return cls(**data)
 
 
 @dataclass
