@@ -63,3 +63,23 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class EpochProgress:
+    """The recovery engine's ``on_step(epoch, step, loss)``: one ``Progress`` per epoch of
+    ``steps_per_epoch`` steps; ``close()`` ends the last one."""
+
+    def __init__(self, steps_per_epoch: int, stream: IO[str] | None = None) -> None:
+        self.steps_per_epoch, self.stream = max(1, int(steps_per_epoch)), stream
+        self.bar: Progress | None = None
+
+    def __call__(self, epoch: int, step: int, loss: float) -> None:
+        if self.bar is None or self.bar.what != f"epoch {epoch}":
+            self.close()
+            self.bar = Progress(self.steps_per_epoch, f"epoch {epoch}", self.stream)
+        self.bar.update(step + 1, f"loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

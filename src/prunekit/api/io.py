@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit._outputs import OutputDir
 from prunekit.models import LoadedModel, load_model
 
 _SOURCES: weakref.WeakKeyDictionary[nn.Module, LoadedModel] = weakref.WeakKeyDictionary()
@@ -33,7 +34,7 @@ def source_of(model: nn.Module) -> LoadedModel | None:
 
 def save(
     model: nn.Module,
-    directory: str | Path,
+    directory: str | Path | OutputDir,
     *,
     source: LoadedModel | str | None = None,
     extra_files: dict[str, Any] | None = None,
@@ -44,6 +45,7 @@ def save(
 
     ``source``: how the original was loaded -- a ``LoadedModel``, or a model spec loaded
     here to read its recipe; default: what ``pk.load`` returned for this very model object.
+    ``directory`` may be an ``OutputDir`` a command has already checked.
     """
     from prunekit.artifact import save as save_artifact
     from prunekit.errors import ModelSourceError

@@ -103,13 +103,11 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
             raise RecipeError(f"{where}: unknown step {s!r}; steps are {', '.join(STEPS)}")
     if len(set(steps)) != len(steps):
         raise RecipeError(f"{where}: steps: a step is listed twice")
-    order = [STEPS.index(s) for s in steps]
     for a, b in itertools.pairwise(steps):
         if STEPS.index(b) < STEPS.index(a):
             raise RecipeError(
                 f"{where}: step {b} cannot come after {a}; the order is {' -> '.join(STEPS)}"
             )
-    del order
     _requires(steps, where, data)
     sections = {}
     checks: dict[str, Any] = {"train": RecoverConfig, "finetune": RecoverConfig,
@@ -248,26 +246,16 @@ class _State:
     example: Any = None
     record: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)
     progress: bool = False
 
     def training_progress(self, config: Any) -> Any:
         """An ``on_step`` for ``recover_`` drawing one progress bar per epoch, or None."""
         if not self.progress:
             return None
-        from prunekit._progress import Progress
+        from prunekit._progress import EpochProgress
 
-        bars: list[Progress] = []
-        per_epoch = max(1, int(len(self.data.fit) * (1 - config.validation)) // config.batch_size)
-
-        def on_step(epoch: int, step: int, loss: float) -> None:
-            if not bars or bars[-1].what != f"epoch {epoch}":
-                if bars:
-                    bars[-1].close()
-                bars.append(Progress(per_epoch, f"epoch {epoch}"))
-            bars[-1].update(step + 1, f"loss {loss:.4f}")
-
-        return on_step
+        per_epoch = int(len(self.data.fit) * (1 - config.validation)) // config.batch_size
+        return EpochProgress(per_epoch)
 
 
 def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, log: Any = None,
@@ -349,22 +337,28 @@ def _finished(directory: Path, digest: str) -> bool:
 
 def _write_step(state: _State, directory: Path, digest: str, files: dict[str, Any],
                 model: nn.Module | None = None, source: Any = None) -> None:  # fmt: skip
-    """Write ``directory`` atomically (an artifact when ``model`` is given)."""
+    """Write ``directory`` atomically: JSON ``files`` (with ``step.json``), as an artifact
+    when ``model`` is given."""
     import prunekit as pk
     from prunekit._outputs import check_output_dir
 
-    out = check_output_dir(directory, COMMAND, force=True, log=state.say)
-    files = {**files, STEP_FILE: {"inputs": digest, "recipe": state.recipe.to_dict()}}
-    if model is not None:
-        model.cpu()  # artifacts hold CPU tensors, whatever trained them
-        pk.save(model, out, source=source, extra_files=files)  # type: ignore[arg-type]
+    if model is None:
+        savers = {name: _json_saver(data) for name, data in files.items()}
+        _write_with(state, directory, digest, savers)
         return
+    out = check_output_dir(directory, COMMAND, force=True, log=state.say)
+    model.cpu()  # artifacts hold CPU tensors, whatever trained them
+    pk.save(
+        model, out, source=source, extra_files={**files, STEP_FILE: _step_record(state, digest)}
+    )
 
-    def writer(tmp: Path) -> None:
-        for name, data in files.items():
-            (tmp / name).write_text(json.dumps(data, indent=1))
 
-    out.write(writer)
+def _step_record(state: _State, digest: str) -> dict[str, Any]:
+    return {"inputs": digest, "recipe": state.recipe.to_dict()}
+
+
+def _json_saver(data: Any) -> Any:
+    return lambda path: path.write_text(json.dumps(data, indent=1))
 
 
 def _read(directory: Path, name: str) -> Any:
@@ -377,11 +371,8 @@ def _restore(state: _State, step: str, directory: Path) -> None:
         trained = _load_artifact(state, directory)
         trained.recipe = state.dense.recipe
         state.dense = trained
-    name = {"train": "train.json", "baseline": "baseline.json", "verify": "verify.json",
-            "evaluate": "evaluate.json", "prune": "prune.json", "finetune": "finetune.json",
-            "plan": "plan.json", "sensitivity": "sensitivity.json"}[step]  # fmt: skip
-    if step not in ("plan", "sensitivity"):
-        state.record[step] = _read(directory, name)
+    if step not in ("plan", "sensitivity"):  # files the summary does not read
+        state.record[step] = _read(directory, f"{step}.json")
 
 
 def _sizes(model: nn.Module, example: Any) -> dict[str, int]:
@@ -403,11 +394,14 @@ def _step_train(state: _State, directory: Path, digest: str) -> None:
     config = pk.RecoverConfig.from_dict(state.recipe.section("train"), where="train")
     record: dict[str, Any] = {}
     model = state.dense.model
+    bars = state.training_progress(config)
     pk.recover_(model, state.data, config, example=state.example,
                 checkpoint_dir=state.run_dir / "train.checkpoint",
                 resume=(state.run_dir / "train.checkpoint" / "last.pt").is_file(),
-                record=record, on_step=state.training_progress(config),
+                record=record, on_step=bars,
                 log=state.say)  # fmt: skip
+    if bars is not None:
+        bars.close()
     state.record["train"] = record
     _write_step(state, directory, digest, {"train.json": record}, model, state.dense)
     _remove_checkpoint(state.run_dir / "train.checkpoint")
@@ -447,8 +441,7 @@ def _write_with(state: _State, directory: Path, digest: str, savers: dict[str, A
     def writer(tmp: Path) -> None:
         for name, save in savers.items():
             save(tmp / name)
-        (tmp / STEP_FILE).write_text(json.dumps({"inputs": digest,
-                                                 "recipe": state.recipe.to_dict()}, indent=1))  # fmt: skip
+        (tmp / STEP_FILE).write_text(json.dumps(_step_record(state, digest), indent=1))
 
     out.write(writer)
 
@@ -487,10 +480,13 @@ def _step_finetune(state: _State, directory: Path, digest: str) -> None:
     config = pk.RecoverConfig.from_dict(state.recipe.section("finetune"), where="finetune")
     checkpoint = state.run_dir / "finetune.checkpoint"
     record: dict[str, Any] = {"teacher": state.dense.name}
+    bars = state.training_progress(config)
     pk.recover_(pruned.model, state.data, config, teacher=state.dense.model,
                 example=state.example, checkpoint_dir=checkpoint,
                 resume=(checkpoint / "last.pt").is_file(), record=record,
-                on_step=state.training_progress(config), log=state.say)  # fmt: skip
+                on_step=bars, log=state.say)  # fmt: skip
+    if bars is not None:
+        bars.close()
     state.record["finetune"] = record
     _write_step(state, directory, digest, {"finetune.json": record}, pruned.model, pruned)
     _remove_checkpoint(checkpoint)

@@ -103,14 +103,15 @@ def _device(requested: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import shutil
 
     import prunekit as pk
     from prunekit._outputs import check_output_dir
-    from prunekit._progress import Progress
+    from prunekit._progress import EpochProgress
     from prunekit.api.evaluation import evaluate
     from prunekit.models import load_model
-    from prunekit.recovery.distributed import is_primary, world_size
+    from prunekit.recovery.distributed import is_primary
 
     primary = is_primary()
     out = check_output_dir(args.out, "prunekit finetune", force=args.force,
@@ -131,25 +132,16 @@ def run(args: argparse.Namespace) -> int:
     )
     example = student.input_spec.make(1)
     data = pk.api.data.as_data(args.data, example=example, seed=args.seed)
-    progress: list[Progress] = []
-
-    def on_step(epoch: int, step: int, loss: float) -> None:
-        if not primary:
-            return
-        if not progress or progress[-1].what != f"epoch {epoch}":
-            if progress:
-                progress[-1].close()
-            per_rank = len(data.fit) * (1 - config.validation) / world_size()
-            steps = max(1, per_rank // config.batch_size)
-            progress.append(Progress(int(steps), f"epoch {epoch}"))
-        progress[-1].update(step + 1, f"loss {loss:.4f}")
+    # torchrun's WORLD_SIZE: the process group only exists once training starts
+    per_rank = len(data.fit) * (1 - config.validation) / int(os.environ.get("WORLD_SIZE", "1"))
+    bars = EpochProgress(int(per_rank // config.batch_size)) if primary else None
 
     record: dict[str, Any] = {"model": student.name, "teacher": args.teacher}
     pk.recover_(student.model, data, config, teacher=teacher.model if teacher else None,
                 example=example, checkpoint_dir=checkpoint, resume=args.resume,
-                record=record, on_step=on_step, log=say if primary else None)  # fmt: skip
-    if progress:
-        progress[-1].close()
+                record=record, on_step=bars, log=say if primary else None)  # fmt: skip
+    if bars is not None:
+        bars.close()
     if not primary:
         return 0
     final = evaluate(student.model, data, example=example)
@@ -160,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         record["teacher_eval"] = dense
         record["retention"] = final[key] / dense[key] if dense[key] else None
     student.model.cpu()  # artifacts hold CPU tensors, whatever trained them
-    pk.save(student.model, out, source=student, extra_files={"finetune.json": record})  # type: ignore[arg-type]
+    pk.save(student.model, out, source=student, extra_files={"finetune.json": record})
     shutil.rmtree(checkpoint, ignore_errors=True)
     if args.json:
         print_json(record)

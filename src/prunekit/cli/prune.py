@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         speedup = verify_speedup(dense, model, loaded.input_spec, batch_sizes,
                                  backend=args.backend, threads=args.threads)  # fmt: skip
         record["verify"] = speedup.to_dict()
-    pk.save(model, out, source=loaded, extra_files={"prune.json": record})  # type: ignore[arg-type]
+    pk.save(model, out, source=loaded, extra_files={"prune.json": record})
     if args.json:
         print_json(record)
         return 0
