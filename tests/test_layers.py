@@ -46,6 +46,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("prunekit.models",),  # load a model from any source, recipes
     ("prunekit.recovery",),  # fine-tuning, distillation, reconstruction
     ("prunekit.mcu",),  # the microcontroller pipeline
+    ("prunekit.report",),  # the management report, from the outputs of commands
     # the front door: verbs and configs, re-exported by the package root (``import prunekit``)
     ("prunekit.api", "prunekit"),
     ("prunekit.cli", "prunekit.__main__"),

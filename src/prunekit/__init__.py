@@ -8,7 +8,8 @@ The front door is one verb per action (``import prunekit as pk``)::
     pk.evaluate(loaded.model, "fashion-mnist")         # on the held-out split, says which
     pk.save(loaded.model, "out/")                      # the rebuild recipe is inferred
 
-plus ``pk.sensitivity``, ``pk.plan``, ``pk.compress_for_mcu`` and ``pk.load_data`` (data specs).
+plus ``pk.sensitivity``, ``pk.plan``, ``pk.compress_for_mcu``, ``pk.load_data`` (data specs)
+and ``pk.write_report`` (the management report).
 
 The public API is imported lazily so that ``import prunekit`` (and ``prunekit --help``) stays
 fast: torch is only imported when a function that needs it is first used.
@@ -48,6 +49,7 @@ _LAZY = {
     "recover_": "prunekit.api",
     "save": "prunekit.api",
     "sensitivity": "prunekit.api",
+    "write_report": "prunekit.api",
 }
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
         recover_,
         save,
         sensitivity,
+        write_report,
     )
     from prunekit.evaluate import evaluate_classification
     from prunekit.measure.analysis import Analysis, analyze
@@ -104,6 +107,7 @@ __all__ = [
     "recover_",
     "save",
     "sensitivity",
+    "write_report",
 ]
 
 

@@ -15,6 +15,7 @@ from prunekit.api.mcu import compress_for_mcu
 from prunekit.api.planning import PlanConfig, SensitivityConfig, plan, sensitivity
 from prunekit.api.prune import PlanPruning, TargetPruning, prune_
 from prunekit.api.recover import RecoverConfig, recover_
+from prunekit.api.reporting import write_report
 from prunekit.pruning.config import StructuredPruning
 from prunekit.pruning.transformer import TransformerPruning
 
@@ -36,4 +37,5 @@ __all__ = [
     "recover_",
     "save",
     "sensitivity",
+    "write_report",
 ]

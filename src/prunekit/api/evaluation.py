@@ -81,3 +81,13 @@ def evaluate(
         result["reference"] = {key: ref[key]}
         result["retention"] = result[key] / ref[key] if ref[key] else None
     return result
+
+
+def model_sizes(model: nn.Module, example: Any) -> dict[str, int]:
+    """MACs (for ``example``), parameters and parameter bytes: the sizes every record keeps."""
+    from prunekit.measure.macs import count_macs
+    from prunekit.measure.params import count_params
+
+    params = count_params(model)
+    return {"macs": count_macs(model, example).total, "params": params.params,
+            "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.api._config import ConfigError
-from prunekit.api.evaluation import evaluate
+from prunekit.api.evaluation import evaluate, model_sizes
 
 STEPS = ("train", "baseline", "sensitivity", "plan", "prune", "finetune", "verify", "evaluate")
 TOP_KEYS = {
@@ -375,15 +375,6 @@ def _restore(state: _State, step: str, directory: Path) -> None:
         state.record[step] = _read(directory, f"{step}.json")
 
 
-def _sizes(model: nn.Module, example: Any) -> dict[str, int]:
-    from prunekit.measure.macs import count_macs
-    from prunekit.measure.params import count_params
-
-    params = count_params(model)
-    return {"macs": count_macs(model, example).total, "params": params.params,
-            "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}  # fmt: skip
-
-
 def _accuracy_key(state: _State) -> str:
     return "top1" if state.recipe.task == "classification" else "miou"
 
@@ -416,7 +407,7 @@ def _remove_checkpoint(path: Path) -> None:
 def _step_baseline(state: _State, directory: Path, digest: str) -> None:
 
     model = state.dense.model
-    record = {**_sizes(model, state.example),
+    record = {**model_sizes(model, state.example),
               "eval": evaluate(model, state.data, example=state.example)}  # fmt: skip
     state.record["baseline"] = record
     _write_step(state, directory, digest, {"baseline.json": record})
@@ -521,8 +512,8 @@ def _step_evaluate(state: _State, directory: Path, digest: str) -> None:
     key = _accuracy_key(state)
     record = {"dense": dense_eval, "final": final_eval, "model": str(final_dir or final.name),
               "retention": final_eval[key] / dense_eval[key] if dense_eval[key] else None,
-              "final_sizes": _sizes(final.model, state.example),
-              "dense_sizes": _sizes(state.dense.model, state.example)}  # fmt: skip
+              "final_sizes": model_sizes(final.model, state.example),
+              "dense_sizes": model_sizes(state.dense.model, state.example)}  # fmt: skip
     state.record["evaluate"] = record
     _write_step(state, directory, digest, {"evaluate.json": record})
 
@@ -548,10 +539,14 @@ def _summary(state: _State) -> dict[str, Any]:
     final_acc = (evaluation.get("final") or {}).get(key)
     dense_sizes = evaluation.get("dense_sizes") or {k: baseline.get(k) for k in ("macs", "params")}
     final_sizes = evaluation.get("final_sizes") or (r.get("prune") or {}).get("after") or {}
+    verify = r.get("verify") or {}
     latency = [
-        {"batch_size": row["batch_size"], "backend": r["verify"]["backend"],
-         "dense_ms": row["dense_ms"], "final_ms": row["pruned_ms"], "speedup": row["measured"]}
-        for row in (r.get("verify") or {}).get("rows", [])
+        {"batch_size": row["batch_size"], "backend": verify["backend"],
+         "device": verify.get("device", "cpu"), "threads": verify.get("threads"),
+         "dense_ms": row["dense_ms"], "final_ms": row["pruned_ms"],
+         "saved_ms": row["dense_ms"] - row["pruned_ms"], "speedup": row["measured"],
+         "ideal": row["ideal"], "of_ideal": row["of_ideal"], "stable": row.get("stable")}
+        for row in verify.get("rows", [])
     ]  # fmt: skip
     files = {}
     for step in state.recipe.steps:

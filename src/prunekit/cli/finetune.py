@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     import prunekit as pk
     from prunekit._outputs import check_output_dir
     from prunekit._progress import EpochProgress
-    from prunekit.api.evaluation import evaluate
+    from prunekit.api.evaluation import evaluate, model_sizes
     from prunekit.models import load_model
     from prunekit.recovery.distributed import is_primary
 
@@ -146,7 +146,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     final = evaluate(student.model, data, example=example)
     record["eval"] = final
+    record["teacher_model"] = args.teacher
+    record["sizes"] = {"model": model_sizes(student.model, example)}
     if teacher is not None:
+        record["sizes"]["teacher"] = model_sizes(teacher.model, example)
         dense = evaluate(teacher.model, data, example=example)
         key = "top1" if data.task == "classification" else "miou"
         record["teacher_eval"] = dense

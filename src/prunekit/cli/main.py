@@ -29,12 +29,13 @@ from prunekit.cli import (
     profile,
     prune,
     recipe,
+    report,
     sensitivity,
 )
 
 COMMANDS = (
     demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, mcu,
-    models,
+    report, models,
 )  # fmt: skip
 
 

@@ -178,6 +178,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     before = count_params(model).params
     calibration = sentence_batches(tokenizer, fit_sentences[:64], 16, length)
     example = dict(tokenizer(fit_sentences[0], return_tensors="pt"))  # unpadded: heads traceable
+    macs_before = _macs(model, example)
     result = prune_transformer(model, example, calibration, config, log=say)
     say(f"sentences: {len(fit_sentences)} to prune, refit and distil on, {len(eval_sentences)} "
         f"held out to measure fidelity (seed {args.split_seed})")  # fmt: skip
@@ -223,6 +224,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
         "reconstruction": [vars(r) for r in refits],
         **result.to_dict(),
         "params": {"before": before, "after": count_params(model).params},
+        # MACs of one forward pass over the example sentence (its own length, unpadded)
+        "macs": {"before": macs_before, "after": _macs(model, example),
+                 "tokens": int(example["input_ids"].shape[-1])},
         "fidelity": {**quality, "split": "eval"},
         "split": split,
         "distillation": distillation,
@@ -251,3 +255,12 @@ def run(args: argparse.Namespace, out: Any) -> int:
         "trust_remote_code=True); prune.json)"
     )
     return 0
+
+
+def _macs(model: Any, example: dict[str, Any]) -> int | None:
+    from prunekit.measure.macs import count_macs
+
+    try:
+        return count_macs(model, example).total
+    except Exception:  # a model the counter cannot trace: the record says "not counted"
+        return None

@@ -8,6 +8,11 @@ backend and threads, in interleaved rounds (``prunekit.measure.compare``: the sp
 median of per-round ratios, so a drift of the machine's speed affects both alike), and
 reports the measured speedup next to the ideal, flagging every batch size where it falls
 below ``warn_below`` of it.
+
+Each row also keeps the spread of the per-round speedups: a row is ``stable`` when the
+middle of those ratios (the 95% interval of their median, order statistics) lies within
+``STABLE_WITHIN`` of the median; a report shows an unstable median as such instead of
+presenting a noisy figure as a fact.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from typing import Any
 from torch import nn
 
 from prunekit.inputs import InputSpec
+from prunekit.measure._environment import environment
+from prunekit.measure._stats import median_ci95
 from prunekit.measure.compare import ROUND_POLICY, compare_latency
-from prunekit.measure.latency import TimingPolicy
+from prunekit.measure.latency import TimingPolicy, resolve_device
 from prunekit.measure.macs import count_macs
 
 WARN_BELOW = 0.8
+STABLE_WITHIN = 0.05  # half-width of the median speedup's 95% interval, relative
 
 
 @dataclass
@@ -33,6 +41,15 @@ class SpeedupRow:
     pruned_ms: float
     ideal: float
     speedup: float | None = None  # median of per-round ratios; else dense_ms / pruned_ms
+    ratios: list[float] = field(default_factory=list)  # per-round speedups
+
+    @property
+    def stable(self) -> bool | None:
+        """The median speedup's 95% interval within ``STABLE_WITHIN`` of it (None: no rounds)."""
+        if not self.ratios:
+            return None
+        low, high = median_ci95(sorted(self.ratios))
+        return (high - low) / 2 <= STABLE_WITHIN * self.measured
 
     @property
     def measured(self) -> float:
@@ -51,6 +68,8 @@ class SpeedupReport:
     pruned_macs: int
     rows: list[SpeedupRow] = field(default_factory=list)
     warn_below: float = WARN_BELOW
+    device: str = "cpu"
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ideal(self) -> float:
@@ -75,6 +94,10 @@ class SpeedupReport:
         for row, raw in zip(self.rows, data["rows"], strict=True):
             raw["measured"] = row.measured
             raw["of_ideal"] = row.of_ideal
+            raw["stable"] = row.stable
+            raw["speedup_range"] = [min(row.ratios), max(row.ratios)] if row.ratios else None
+            raw["dense_throughput"] = 1000 * row.batch_size / row.dense_ms
+            raw["pruned_throughput"] = 1000 * row.batch_size / row.pruned_ms
         data["ideal"] = self.ideal
         data["findings"] = self.findings()
         return data
@@ -87,6 +110,7 @@ class SpeedupReport:
             lines.append(
                 f"{r.batch_size:>5} {r.dense_ms:>10.3f} {r.pruned_ms:>10.3f} {r.measured:>7.2f}x "
                 f"{r.ideal:>5.2f}x {r.of_ideal:>8.0%}"
+                + ("  (unstable)" if r.stable is False else "")
             )
         return "\n".join(lines)
 
@@ -108,12 +132,15 @@ def verify_speedup(
     example = spec.make(1)
     dense_macs = count_macs(dense, example).total
     pruned_macs = count_macs(pruned, example).total
-    report = SpeedupReport(backend, threads or 0, dense_macs, pruned_macs, warn_below=warn_below)
+    dev = resolve_device(device)
+    report = SpeedupReport(backend, threads or 0, dense_macs, pruned_macs, warn_below=warn_below,
+                           device=dev.type, environment=environment(dev))  # fmt: skip
     comparisons = compare_latency({"dense": dense, "pruned": pruned}, spec, batch_sizes,
                                   backend=backend, device=device, threads=threads, rounds=rounds,
                                   policy=policy or ROUND_POLICY)  # fmt: skip
     for c in comparisons:
         report.threads = c.threads
         report.rows.append(SpeedupRow(c.batch_size, c.median_ms("dense"), c.median_ms("pruned"),
-                                      report.ideal, c.speedup("pruned")))  # fmt: skip
+                                      report.ideal, c.speedup("pruned"),
+                                      c.ratios("pruned")))  # fmt: skip
     return report
