@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from prunekit._outputs import OutputDir, check_output_dir
@@ -26,6 +27,7 @@ from prunekit.mcu.compress import Candidate, Compression, integer_accuracy
 from prunekit.mcu.datasets import Splits
 
 PREFIX = "prunekit_model"
+WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -69,6 +71,24 @@ def _c_section(cand: Candidate, source: CSource, data: Splits, workdir: Path) ->
     }
 
 
+def _write_weights(path: Path, cand: Candidate, data: Splits) -> None:
+    """The deployed integer weights, for reports: ``layers.{i}.weight`` (int8 [out, in], exact
+    zeros are pruned), ``layers.{i}.weight_scale`` (float32 [out]), and the first test sample
+    (``sample.input`` float32 [in], ``sample.label`` int64 [1]) to overlay the masks on."""
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(cand.qmodel.layers):
+        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(layer.weight, dtype=np.int8)
+        tensors[f"layers.{i}.weight_scale"] = np.ascontiguousarray(
+            layer.weight_scale, dtype=np.float32
+        )
+    tensors["sample.input"] = np.ascontiguousarray(data.test_x[0].numpy(), dtype=np.float32)
+    tensors["sample.label"] = np.asarray([int(data.test_y[0])], dtype=np.int64)
+    metadata = {"dataset": data.name, "image_shape": ",".join(map(str, data.image_shape))}
+    save_file(tensors, str(path), metadata=metadata)
+
+
 def write_deployment(
     out: OutputDir | str | Path,
     compression: Compression,
@@ -79,7 +99,8 @@ def write_deployment(
     extra: dict[str, Any] | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Write ``out/`` (report.json, prunekit_model.h/.c, harness.c) and return the report.
+    """Write ``out/`` (report.json, prunekit_model.h/.c, harness.c, weights.safetensors) and
+    return the report.
 
     ``out``: an ``OutputDir`` checked before the work, or a path (checked now, as
     ``prunekit.mcu.deploy.write_deployment()``'s output)."""
@@ -102,6 +123,7 @@ def write_deployment(
         from prunekit.mcu.compile import write_harness
 
         write_harness(source, staging)
+        _write_weights(staging / WEIGHTS_FILE, best, data)
         test_accuracy = integer_accuracy(best.qmodel, data.test_x, data.test_y)
         report.update({
             "prunekit_version": __version__,
@@ -150,7 +172,7 @@ def write_deployment(
                 for cand in compression.candidates
             ],
             **c_facts,
-            "files": [source.header_name, source.source_name, "harness.c"],
+            "files": [source.header_name, source.source_name, "harness.c", WEIGHTS_FILE],
             **(extra or {}),
         })  # fmt: skip
         report["seconds_writing"] = round(time.perf_counter() - started, 2)
