@@ -125,7 +125,7 @@ def test_command_reference_covers_every_command() -> None:
     names = [name for name, _ in commands(build_parser())]
     assert names == [
         "demo", "run", "analyze", "bench", "sensitivity", "profile", "plan", "prune",
-        "finetune", "evaluate", "mcu", "models",
+        "finetune", "evaluate", "mcu", "report", "models",
     ]  # fmt: skip
     text = generate()
     for name in names:
@@ -196,4 +196,10 @@ def test_mobile_cnn_tutorial(tmp_path: Path) -> None:
     assert all(row["speedup"] > 0 and row["dense_ms"] > 0 for row in run["latency"])
     assert "retention" in stdout and "measured speedup" in stdout
     finetuned = json.loads((cwd / "runs" / "ft" / "finetune.json").read_text())
-    assert finetuned  # the step-by-step fine-tune wrote its record
+    report = json.loads((cwd / "runs" / "report" / "report.json").read_text())
+    recipe, extra = report["runs"]
+    assert (recipe["name"], extra["name"]) == ("recipe", "one more epoch")
+    assert recipe["retention"] == pytest.approx(run["retention"])
+    assert extra["accuracy"]["final"] == finetuned["eval"]["top1"]
+    assert extra["macs"]["final"] == run["final"]["macs"]  # the same pruned model, re-tuned
+    assert recipe["cost"]["gpu"] == "L4" and recipe["cost"]["scaled_from"]["device"] == "cpu"

@@ -58,6 +58,7 @@ def test_write_deployment_report_and_c_check(digits_compression, tmp_path: Path)
     report = write_deployment(out, compression, facts, data, "3000")
     assert sorted(p.name for p in out.iterdir()) == [
         ".prunekit-output.json", "harness.c", "prunekit_model.c", "prunekit_model.h", "report.json",
+        "weights.safetensors",
     ]  # fmt: skip
     assert json.loads((out / "report.json").read_text()) == report
     assert report["dense"]["bytes"] == 4 * (64 * 48 + 48 + 48 * 10 + 10)

@@ -16,6 +16,7 @@ CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        color: #1a1a1a; max-width: 1150px; margin: 2em auto; padding: 0 1.2em; }
 h1 { font-size: 1.6em; margin-bottom: .2em; }
+h3 { font-size: 1em; margin: 1.1em 0 .2em; }
 h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
 .meta { color: #555; font-size: .9em; }
 table { border-collapse: collapse; margin: .6em 0 .3em; font-variant-numeric: tabular-nums; }
@@ -57,7 +58,8 @@ def _table(table: Table) -> str:
         rows.append(f"<tr{key}>" + "".join(_cell(c) for c in row) + "</tr>")
     caption = f"<caption>{escape(table.caption)}</caption>" if table.caption else ""
     cls = ' class="headline"' if table.id == "headline" else ""
-    return (f'<table id="{escape(table.id)}"{cls}>{caption}<thead><tr>{head}</tr></thead>'
+    title = "" if table.id == "headline" else f"<h3>{escape(table.title)}</h3>"
+    return (f'{title}<table id="{escape(table.id)}"{cls}>{caption}<thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
 
 

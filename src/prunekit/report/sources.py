@@ -164,8 +164,14 @@ def read_run(path: Path, name: str | None) -> dict[str, Any]:
     if verify_file.is_file():
         facts["latency"] = latency_rows(_read_json(verify_file))
         files["latency"] = str(verify_file)
-    prune_file = path / "prune" / "prune.json"
-    if prune_file.is_file():
+    plan_file, prune_file = path / "plan" / "plan.json", path / "prune" / "prune.json"
+    if plan_file.is_file():  # every group, also those the plan left whole
+        plan = _read_json(plan_file)
+        sizes = plan.get("sizes") or {}
+        facts["widths"] = [{"name": k, "unit": "channels", "before": sizes.get(k), "after": v}
+                           for k, v in (plan.get("keep") or {}).items()]  # fmt: skip
+        files["widths"] = str(plan_file)
+    elif prune_file.is_file():
         facts["widths"] = _widths_of_groups(_read_json(prune_file).get("groups") or [])
         files["widths"] = str(prune_file)
     sensitivity_file = path / "sensitivity" / "sensitivity.json"
