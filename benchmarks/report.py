@@ -87,7 +87,9 @@ def main() -> int:
         return 1
     report = json.loads((Path(args.report) / "report.json").read_text())
     runs = report["runs"]
-    print(f"\nheld out: {runs[0]['accuracy']['samples']} samples ({runs[0]['accuracy']['split_from']})")
+    print(
+        f"\nheld out: {runs[0]['accuracy']['samples']} samples ({runs[0]['accuracy']['split_from']})"
+    )
     print(_row("", names))
     print(_row("top-1, dense", [f"{r['accuracy']['dense']:.4f}" for r in runs]))
     print(_row("top-1, final", [f"{r['accuracy']['final']:.4f}" for r in runs]))

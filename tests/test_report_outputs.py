@@ -65,11 +65,19 @@ def test_a_run_directory(run_dir: Path, tmp_path: Path) -> None:
             raw["dense_ms"], raw["pruned_ms"], raw["measured"])  # fmt: skip
         assert isinstance(row["stable"], bool) and row["device"] == "cpu"
         assert row["speedup_range"][0] <= row["speedup"] <= row["speedup_range"][1]
-    assert r["bytes"]["deployed"]["bytes"] == (run_dir / "finetune" / "model.safetensors").stat().st_size
+    assert (
+        r["bytes"]["deployed"]["bytes"]
+        == (run_dir / "finetune" / "model.safetensors").stat().st_size
+    )
     plan = _json(run_dir / "plan" / "plan.json")
     assert {w["name"]: w["after"] for w in r["widths"]} == plan["keep"]
     assert r["sparsity"] == []  # structured pruning: every stored weight is used
-    assert {f["id"] for f in report["figures"]} == {"tradeoff", "latency", "widths", "sensitivity-0"}
+    assert {f["id"] for f in report["figures"]} == {
+        "tradeoff",
+        "latency",
+        "widths",
+        "sensitivity-0",
+    }
 
 
 def test_a_prune_and_finetune_chain_beside_the_run(run_dir: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +92,11 @@ def test_a_prune_and_finetune_chain_beside_the_run(run_dir: Path, tmp_path: Path
     record, prune = _json(tuned / "finetune.json"), _json(pruned / "prune.json")
     assert uniform["kind"] == "finetune" and uniform["pruned_from"] == str(pruned)
     assert uniform["accuracy"]["final"] == record["eval"]["top1"]
-    assert uniform["accuracy"]["dense"] == record["teacher_eval"]["top1"] == planned["accuracy"]["dense"]
+    assert (
+        uniform["accuracy"]["dense"]
+        == record["teacher_eval"]["top1"]
+        == planned["accuracy"]["dense"]
+    )
     assert uniform["macs"]["final"] == prune["after"]["macs"] == record["sizes"]["model"]["macs"]
     assert uniform["latency"][0]["dense_ms"] == prune["verify"]["rows"][0]["dense_ms"]
     assert uniform["files"]["macs"] == str(pruned / "prune.json")
@@ -100,7 +112,10 @@ def test_a_sparse_final_model_gets_mask_pictures(run_dir: Path, tmp_path: Path) 
     loaded = pk.load(str(sparse / "finetune"))
     with torch.no_grad():  # 80% of every conv/linear weight to zero, by magnitude
         for module in loaded.model.modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.weight.numel() >= 10:
+            if (
+                isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+                and module.weight.numel() >= 10
+            ):
                 w = module.weight
                 cut = w.abs().flatten().kthvalue(int(0.8 * w.numel())).values
                 w.copy_(torch.where(w.abs() > cut, w, torch.zeros_like(w)))
@@ -133,7 +148,9 @@ def test_a_transformer_output(tiny_bert_dir: Path, tmp_path: Path, cli) -> None:
     assert r["accuracy"]["samples"] == record["fidelity"]["sentences"]
     assert r["params"]["final"] == record["params"]["after"]
     assert record["macs"]["before"] > record["macs"]["after"] > 0
-    assert r["macs"]["reduction"] == pytest.approx(1 - record["macs"]["after"] / record["macs"]["before"])
+    assert r["macs"]["reduction"] == pytest.approx(
+        1 - record["macs"]["after"] / record["macs"]["before"]
+    )
     heads = [w for w in r["widths"] if w["unit"] == "heads"]
     assert [w["after"] for w in heads] == record["heads"]
     assert r["latency"] == [] and any("latency not measured" in n for n in r["notes"])
@@ -150,7 +167,10 @@ def test_a_microcontroller_build(tmp_path: Path, cli) -> None:  # type: ignore[n
     assert r["params"]["final"] == record["compressed"]["nonzeros"]
     assert r["bytes"]["deployed"]["bytes"] == record["compressed"]["bytes"]
     assert r["mcu"]["flash"] == record["flash"] and r["mcu"]["c_check"] == record["c_check"]
-    assert sum(layer["params"] - layer["zeros"] for layer in r["sparsity"]) == record["compressed"]["nonzeros"]
+    assert (
+        sum(layer["params"] - layer["zeros"] for layer in r["sparsity"])
+        == record["compressed"]["nonzeros"]
+    )
     assert {"flash", "density", "mask-0", "mask-overlay-0"} <= {f["id"] for f in report["figures"]}
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Microcontroller build" in html and "Storage per layer" in html
