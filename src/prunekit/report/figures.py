@@ -275,22 +275,48 @@ def _overlay(run: dict[str, Any], weights: dict[str, Any], layer: str) -> Any:
     dense_file = run.get("dense_weights_file")
     if not dense_file:
         return None
-    import torch
-
+    from prunekit.errors import PrunekitError
     from prunekit.models import load_model
 
-    dense = load_model(str(Path(dense_file).parent))
-    sparse = load_model(str(Path(run["weights_file"]).parent))
+    try:  # artifacts load as data only; one that names user code is refused, and said
+        dense = load_model(str(Path(dense_file).parent))
+        sparse = load_model(str(Path(run["weights_file"]).parent))
+    except PrunekitError as exc:
+        run["notes"].append(f"the mask over the feature maps is not drawn: {exc}")
+        return None
     module = layer.removesuffix(".weight")
-    torch.manual_seed(0)
-    example = dense.input_spec.make(1)
-    fig = masks.mask_overlay(dense.model, sparse.model, module, example.tensors()[0])
+    example, which = _one_input(run, dense.input_spec)
+    fig = masks.mask_overlay(dense.model, sparse.model, module, example)
     caption = (
         f"The input feature maps {module} reads (with the share of their weights kept) "
         "and its output maps for the dense and the sparse model, and where they differ, "
-        "for one seeded random input."
+        f"for {which}."
     )
     return fig, caption, [dense_file, run["weights_file"]]
+
+
+def _one_input(run: dict[str, Any], spec: Any) -> tuple[Any, str]:
+    """The first held-out sample of the run's data when it can be loaded, else a seeded
+    random input; and which of the two it is, in words for the caption."""
+    import torch
+
+    from prunekit.data.specs import load_data
+    from prunekit.errors import PrunekitError
+
+    torch.manual_seed(0)
+    example = spec.make(1).tensors()[0]
+    data_spec = run["accuracy"].get("data")
+    if data_spec:
+        shape = tuple(example.shape[1:])
+        try:
+            data = load_data(data_spec, image_size=shape[-1] if len(shape) == 3 else None)
+            sample = data.shaped_for(shape).eval[0][0]
+            return sample.unsqueeze(0).to(
+                example.dtype
+            ), f"the first held-out sample of {data_spec}"
+        except PrunekitError:
+            pass
+    return example, "one seeded random input (the run's data could not be loaded)"
 
 
 def mcu_figure(runs: list[dict[str, Any]]) -> Figure | None:

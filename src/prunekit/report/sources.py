@@ -162,7 +162,9 @@ def read_run(path: Path, name: str | None) -> dict[str, Any]:
             facts["dense_weights_file"] = str(path / "train" / ARTIFACT_WEIGHTS)
     verify_file = path / "verify" / "verify.json"
     if verify_file.is_file():
-        facts["latency"] = latency_rows(_read_json(verify_file))
+        verify = _read_json(verify_file)
+        facts["latency"] = latency_rows(verify)
+        facts["notes"] += verify.get("findings") or []
         files["latency"] = str(verify_file)
     plan_file, prune_file = path / "plan" / "plan.json", path / "prune" / "prune.json"
     if plan_file.is_file():  # every group, also those the plan left whole
@@ -196,6 +198,7 @@ def read_prune(path: Path, name: str | None) -> dict[str, Any]:
     facts["files"]["widths"] = str(path / "prune.json")
     if record.get("verify"):
         facts["latency"] = latency_rows(record["verify"])
+        facts["notes"] += record["verify"].get("findings") or []
         facts["files"]["latency"] = str(path / "prune.json")
     if (path / ARTIFACT_WEIGHTS).is_file():
         facts["weights_file"] = str(path / ARTIFACT_WEIGHTS)

@@ -68,13 +68,45 @@ def _metric_name(metric: str | None) -> str:
     return {"top1": "top-1", "miou": "mIoU"}.get(metric or "", metric or "metric")
 
 
+PERCENT: dict[str, Any] = {"scale": 100, "digits": 2, "unit": " %"}
+MS: dict[str, Any] = {"digits": 3, "unit": " ms"}
+TIMES: dict[str, Any] = {"digits": 2, "unit": "x"}
+DOLLARS: dict[str, Any] = {"prefix": "$", "digits": 0}
+# the headline's numeric rows after the accuracy block: (label, path under runs/i, format)
+HEADLINE_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("MACs, dense", "macs/dense", {}),
+    ("MACs, final", "macs/final", {}),
+    ("MACs cut", "macs/reduction", {"scale": 100, "digits": 1, "unit": " %"}),
+    ("parameters, dense", "params/dense", {}),
+    ("parameters, final", "params/final", {}),
+    ("parameters cut", "params/reduction", {"scale": 100, "digits": 1, "unit": " %"}),
+    ("bytes float32, final", "bytes/float32/final", {"unit": " B"}),
+    ("bytes int8 (weights), final", "bytes/int8/final", {"unit": " B"}),
+    ("bytes as deployed", "bytes/deployed/bytes", {"unit": " B", "missing": "no deployed file"}),
+    ("latency, dense", "latency/0/dense_ms", MS),
+    ("latency, final", "latency/0/final_ms", MS),
+    ("latency saved", "latency/0/saved_ms", MS),
+    ("speedup, measured", "latency/0/speedup", TIMES),
+    ("speedup, ideal (from MACs)", "latency/0/ideal", TIMES),
+    ("annual GPU cost, dense", "cost/annual_dense", DOLLARS),
+    ("annual GPU cost, final", "cost/annual_final", DOLLARS),
+    ("annual saving", "cost/annual_saving", DOLLARS),
+)
+
+
+def _numbers(report: dict[str, Any], path: str,
+             fmt: dict[str, Any]) -> Callable[[int, dict[str, Any]], Cell]:  # fmt: skip
+    return lambda i, _run: number(report, f"runs/{i}/{path}", **fmt)
+
+
 def headline(report: dict[str, Any]) -> Table:
     """One column per run: the figures a decision needs."""
     runs = report["runs"]
     table = Table("headline", "Headline", ["", *[r["name"] for r in runs]],
                   caption="Accuracy on held-out data; MACs and parameters counted on the "
-                  "model's input shape; latency measured interleaved on the named device; "
-                  "cost at the assumptions of the cost section.")  # fmt: skip
+                  "model's input shape; latency measured interleaved on the named device, at "
+                  "the smallest batch size measured; cost at the assumptions of the cost "
+                  "section.")  # fmt: skip
 
     def row(label: str, make: Callable[[int, dict[str, Any]], Cell]) -> None:
         table.rows.append([Cell(label), *[make(i, r) for i, r in enumerate(runs)]])
@@ -86,55 +118,14 @@ def headline(report: dict[str, Any]) -> Table:
                                     if r["accuracy"]["final"] is not None else None))  # fmt: skip
     row("accuracy, dense", lambda i, r: metric(i, "dense"))
     row("accuracy, final", lambda i, r: metric(i, "final"))
-    row(
-        "retention (final / dense)",
-        lambda i, r: number(report, f"runs/{i}/retention", scale=100, digits=2, unit=" %"),
-    )
-    row("evaluated on (samples)",
-        lambda i, r: number(report, f"runs/{i}/accuracy/samples", unit=f" ({r['accuracy']['split']})"))  # fmt: skip
-
-    def sizes(key: str, field: str, **fmt: Any) -> Callable[[int, dict[str, Any]], Cell]:
-        return lambda i, r: number(report, f"runs/{i}/{key}/{field}", **fmt)
-
-    for key, label in (("macs", "MACs"), ("params", "parameters")):
-        row(f"{label}, dense", sizes(key, "dense"))
-        row(f"{label}, final", sizes(key, "final"))
-        row(f"{label} cut", sizes(key, "reduction", scale=100, digits=1, unit=" %"))
-    row(
-        "bytes float32, final",
-        lambda i, r: number(report, f"runs/{i}/bytes/float32/final", unit=" B"),
-    )
-    row(
-        "bytes int8 (weights), final",
-        lambda i, r: number(report, f"runs/{i}/bytes/int8/final", unit=" B"),
-    )
-    row("bytes as deployed", lambda i, r: number(report, f"runs/{i}/bytes/deployed/bytes",
-                                                 unit=" B", missing="no deployed file"))  # fmt: skip
-    row("latency measured at", lambda i, r: text(_where(r)))
-    row(
-        "latency, dense",
-        lambda i, r: number(report, f"runs/{i}/latency/0/dense_ms", digits=3, unit=" ms"),
-    )
-    row(
-        "latency, final",
-        lambda i, r: number(report, f"runs/{i}/latency/0/final_ms", digits=3, unit=" ms"),
-    )
-    row(
-        "latency saved",
-        lambda i, r: number(report, f"runs/{i}/latency/0/saved_ms", digits=3, unit=" ms"),
-    )
-    row(
-        "speedup, measured",
-        lambda i, r: number(report, f"runs/{i}/latency/0/speedup", digits=2, unit="x"),
-    )
-    row(
-        "speedup, ideal (from MACs)",
-        lambda i, r: number(report, f"runs/{i}/latency/0/ideal", digits=2, unit="x"),
-    )
-    row("annual GPU cost, dense", lambda i, r: _money(report, f"runs/{i}/cost/annual_dense"))
-    row("annual GPU cost, final", lambda i, r: _money(report, f"runs/{i}/cost/annual_final"))
-    row("annual saving", lambda i, r: _money(report, f"runs/{i}/cost/annual_saving"))
-    return table  # fmt: skip
+    row("retention (final / dense)", lambda i, r: number(report, f"runs/{i}/retention", **PERCENT))
+    row("evaluated on (samples)", lambda i, r: number(
+        report, f"runs/{i}/accuracy/samples", unit=f" ({r['accuracy']['split']})"))  # fmt: skip
+    for label, path, fmt in HEADLINE_ROWS:
+        if label == "latency, dense":
+            row("latency measured at", lambda i, r: text(_where(r)))
+        row(label, _numbers(report, path, fmt))
+    return table
 
 
 def _money(report: dict[str, Any], path: str) -> Cell:
