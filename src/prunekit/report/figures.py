@@ -324,25 +324,32 @@ def mcu_figure(runs: list[dict[str, Any]]) -> Figure | None:
     if not shown:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(shown)))
+    fig, ax = plt.subplots(figsize=(7, 1.4 + 1.0 * len(shown)))
+    labels = []
     for k, run in enumerate(shown):
-        flash = run["mcu"]["flash"]
-        ax.barh(k, flash["code"], color="#9467bd", label="code" if k == 0 else None)
-        ax.barh(k, flash["const_data"], left=flash["code"], color="#1f77b4",
+        flash, y = run["mcu"]["flash"], 2 * k
+        stored = (run["bytes"].get("deployed") or {}).get("bytes")
+        if stored:
+            ax.barh(y, stored, color="#2ca02c", label="stored model" if k == 0 else None)
+        ax.barh(y + 1, flash["code"], color="#9467bd", label="code" if k == 0 else None)
+        ax.barh(y + 1, flash["const_data"], left=flash["code"], color="#1f77b4",
                 label="weights and constants" if k == 0 else None)  # fmt: skip
         if run["mcu"].get("budget"):
-            ax.plot([run["mcu"]["budget"]] * 2, [k - 0.4, k + 0.4], color="#d62728", lw=2,
-                    label="budget" if k == 0 else None)  # fmt: skip
-    ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([r["name"] for r in shown], fontsize=8)
-    ax.set_xlabel("bytes of flash (compiled object)")
-    ax.legend(fontsize=7, loc="lower right")
+            ax.plot([run["mcu"]["budget"]] * 2, [y - 0.45, y + 0.45], color="#d62728", lw=2,
+                    label="budget (of the stored model)" if k == 0 else None)  # fmt: skip
+        labels += [f"{run['name']}: stored model", f"{run['name']}: compiled object"]
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("bytes of flash")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _figure(
         "flash", "Flash of the compiled C against the budget",
-        "The compiled object's code and constant data (weights) in flash; the red mark is the "
-        "budget the model was compressed for (the budget counts the model's stored bytes).",
+        "The model's stored bytes (weights, biases and scales in their deployed format) "
+        "against the budget it was compressed for (red), and the compiled object's flash: "
+        "code plus constant data, as the host compiler measured it.",
         [r["files"]["mcu"] for r in shown], fig,
     )  # fmt: skip
 
