@@ -106,7 +106,9 @@ def headline(report: dict[str, Any]) -> Table:
                   caption="Accuracy on held-out data; MACs and parameters counted on the "
                   "model's input shape; latency measured interleaved on the named device, at "
                   "the smallest batch size measured; cost at the assumptions of the cost "
-                  "section.")  # fmt: skip
+                  "section." + (" Each run's latency was timed interleaved with its own dense "
+                  "model: compare speedups across columns; absolute milliseconds drift with the "
+                  "machine between runs." if len(runs) > 1 else ""))  # fmt: skip
 
     def row(label: str, make: Callable[[int, dict[str, Any]], Cell]) -> None:
         table.rows.append([Cell(label), *[make(i, r) for i, r in enumerate(runs)]])
