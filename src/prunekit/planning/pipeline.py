@@ -1,0 +1,213 @@
+"""Plan several models against one shared latency budget: a perception pipeline (detection,
+segmentation, depth) that runs every stage once per frame within, say, 100 ms in total.
+
+Two steps:
+
+1. **Each stage's frontier.** For a ladder of latency targets (fractions of the stage's dense
+   predicted latency), the single-model planner (``make_plan`` with the stage's latency
+   table) gives the least predicted loss that meets each target. Keeping the points no other
+   point beats on both latency and loss gives the stage's trade-off curve: what each
+   millisecond given to this stage buys in its metric.
+2. **One allocation across stages.** Choose one point per stage minimising the weighted sum
+   of predicted losses (``weight`` per stage: how much its metric matters) with the summed
+   predicted latency within the budget. This is the single-model planner's problem one level
+   up (a multiple-choice knapsack). A Lagrangian with one multiplier over the summed latency
+   finds only the points on the frontiers' convex hull; here the stages' frontiers are
+   merged exactly instead: the Pareto set of every pair of partial pipelines is the Pareto
+   set of their Minkowski sum, so stage by stage the candidates stay few (tens), and the
+   best point within the budget is exact over the frontier points.
+
+The uniform baseline (one pruning ratio for every stage, the same budget) is what the plan
+must beat; ``uniform_ratio`` finds that ratio from the same latency tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunekit.errors import PrunekitError
+
+# latency targets per stage, as fractions of its dense predicted latency
+LADDER = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3)
+
+Log = Callable[[str], None]
+
+
+class PipelineError(PrunekitError):
+    """A pipeline that cannot be planned (a budget below what the stages can reach, ...)."""
+
+
+@dataclass(frozen=True)
+class StagePoint:
+    """One option of a stage: its predicted latency (ms) and loss, and the plan behind it
+    (None: the dense model)."""
+
+    ms: float
+    loss: float
+    fraction: float  # the latency target as a fraction of the dense predicted latency
+    plan: Any = None
+
+
+@dataclass
+class Stage:
+    name: str
+    weight: float
+    dense_ms: float
+    points: list[StagePoint] = field(default_factory=list)  # Pareto, ascending latency
+
+    @property
+    def fastest(self) -> StagePoint:
+        return self.points[0]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    budget_ms: float
+    choice: dict[str, StagePoint]
+    total_ms: float
+    weighted_loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget_ms": self.budget_ms,
+            "total_ms_predicted": self.total_ms,
+            "weighted_loss": self.weighted_loss,
+            "stages": [{"name": name, "predicted_ms": p.ms, "loss": p.loss,
+                        "target_fraction": p.fraction} for name, p in self.choice.items()],
+        }  # fmt: skip
+
+
+def pareto(points: Sequence[StagePoint]) -> list[StagePoint]:
+    """The points no other beats on both latency and loss, by ascending latency."""
+    front: list[StagePoint] = []
+    for p in sorted(points, key=lambda p: (p.ms, p.loss)):
+        if not front or p.loss < front[-1].loss:
+            front.append(p)
+    return front
+
+
+def stage_frontier(
+    name: str,
+    model: Any,
+    example: Any,
+    sensitivity: Any,
+    lut: Any,
+    *,
+    weight: float = 1.0,
+    ladder: Sequence[float] = LADDER,
+    graph: Any = None,
+    log: Log = lambda _: None,
+    **plan_options: Any,
+) -> Stage:
+    """The stage's trade-off curve from its sensitivity and latency table (module docstring).
+    ``plan_options`` go to ``make_plan`` (``round_to``, ``protect``, ``blocks``, ...)."""
+    from prunekit.graph import trace_channels
+    from prunekit.planning.planner import PlanError, Target, make_plan
+
+    if not (math.isfinite(weight) and weight >= 0):
+        raise PipelineError(f"stage {name}: weight must be a number >= 0, got {weight}")
+    was = model.training
+    model.eval()
+    try:
+        graph = graph if graph is not None else trace_channels(model, example)
+        dense_ms = float(lut.predict({}))
+        points = [StagePoint(dense_ms, 0.0, 1.0, None)]
+        for fraction in ladder:
+            try:
+                plan = make_plan(model, example, graph, sensitivity,
+                                 Target("latency_ms", fraction * dense_ms), lut=lut,
+                                 **plan_options)  # fmt: skip
+            except PlanError:
+                break  # the ladder descends: a lower target cannot be met either
+            points.append(StagePoint(float(plan.achieved["latency_ms"]),
+                                     float(plan.predicted_drop), fraction, plan))  # fmt: skip
+    finally:
+        model.train(was)
+    stage = Stage(name, weight, dense_ms, pareto(points))
+    log(f"{name}: {len(stage.points)} options, {stage.fastest.ms:.3g} to {dense_ms:.3g} ms "
+        "predicted")  # fmt: skip
+    return stage
+
+
+def allocate(stages: Sequence[Stage], budget_ms: float) -> Allocation:
+    """The least weighted loss over one point per stage with the predicted latencies summing
+    to at most ``budget_ms`` (exact over the stages' points)."""
+    if not stages:
+        raise PipelineError("a pipeline needs at least one stage")
+    if not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise PipelineError(f"the budget must be a positive number of ms, got {budget_ms}")
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"stage names must be unique, got {names}")
+    fastest = sum(s.fastest.ms for s in stages)
+    if fastest > budget_ms:
+        per_stage = ", ".join(f"{s.name} {s.fastest.ms:.3g} ms" for s in stages)
+        raise PipelineError(
+            f"the budget of {budget_ms:g} ms cannot be met: at the smallest widths planned the "
+            f"stages still take {fastest:.4g} ms ({per_stage}), {fastest - budget_ms:.3g} ms "
+            "over; relax the budget or let the stages prune further (sensitivity ratios, "
+            "latency tables to smaller widths)"
+        )
+    # partial pipelines: (ms, weighted loss, choices), kept Pareto and within the budget
+    partial: list[tuple[float, float, tuple[StagePoint, ...]]] = [(0.0, 0.0, ())]
+    for i, stage in enumerate(stages):
+        rest = sum(s.fastest.ms for s in stages[i + 1 :])  # what the later stages need at least
+        merged = [(ms + p.ms, loss + stage.weight * p.loss, (*chosen, p))
+                  for ms, loss, chosen in partial for p in stage.points
+                  if ms + p.ms + rest <= budget_ms + 1e-12]  # fmt: skip
+        merged.sort(key=lambda m: (m[0], m[1]))
+        partial = []
+        for m in merged:
+            if not partial or m[1] < partial[-1][1]:
+                partial.append(m)
+    ms, loss, chosen = min(partial, key=lambda m: (m[1], m[0]))
+    return Allocation(budget_ms, dict(zip(names, chosen, strict=True)), ms, loss)
+
+
+def uniform_ratio(
+    stages: Mapping[str, tuple[Any, Any]],
+    budget_ms: float,
+    *,
+    tolerance: float = 1e-3,
+) -> tuple[float, dict[str, float]]:
+    """The one fraction of channels removed from every group of every stage whose summed
+    predicted latency meets ``budget_ms`` (the least such ratio), and each stage's predicted
+    ms at it. ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency
+    table)."""
+
+    def predicted(ratio: float) -> dict[str, float]:
+        out = {}
+        for name, (sizes, lut) in stages.items():
+            kept = {k: max(1, round(n * (1 - ratio))) for k, n in sizes.items() if k in lut.groups}
+            out[name] = float(lut.predict(kept))
+        return out
+
+    if sum(predicted(0.0).values()) <= budget_ms:
+        return 0.0, predicted(0.0)
+    lo, hi = 0.0, 0.95
+    if sum(predicted(hi).values()) > budget_ms:
+        raise PipelineError(
+            f"no uniform ratio up to {hi:.0%} meets {budget_ms:g} ms: the tables predict "
+            f"{sum(predicted(hi).values()):.4g} ms there"
+        )
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if sum(predicted(mid).values()) <= budget_ms:
+            hi = mid
+        else:
+            lo = mid
+    return hi, predicted(hi)
+
+
+def predicted_loss(sensitivity: Any, keep: Mapping[str, int]) -> float:
+    """The sensitivity-predicted loss of cutting each group to ``keep[group]`` channels (the
+    planner's additive model), for a plan made some other way (a uniform ratio)."""
+    total = 0.0
+    for key, kept in keep.items():
+        group = sensitivity.groups.get(key)
+        if group is not None and kept < group.size:
+            total += float(group.at(kept, "drop"))
+    return total

@@ -1,0 +1,147 @@
+"""One latency budget over several models: the allocation is the exact optimum over the
+stages' trade-off points (checked against brute force), a budget no widths can reach is
+refused with the figures, and a real two-model pipeline planned from measured sensitivity
+and latency tables meets its budget in prediction."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from prunekit.planning.pipeline import (
+    PipelineError,
+    Stage,
+    StagePoint,
+    allocate,
+    pareto,
+    uniform_ratio,
+)
+
+
+def _stage(name: str, points: list[tuple[float, float]], weight: float = 1.0) -> Stage:
+    pts = pareto([StagePoint(ms, loss, 1.0) for ms, loss in points])
+    return Stage(name, weight, max(ms for ms, _ in points), pts)
+
+
+def _brute(stages: list[Stage], budget: float) -> float:
+    best = math_inf = float("inf")
+    for combo in itertools.product(*[s.points for s in stages]):
+        if sum(p.ms for p in combo) <= budget:
+            best = min(best, sum(s.weight * p.loss for s, p in zip(stages, combo, strict=True)))
+    assert best < math_inf
+    return best
+
+
+def test_pareto_keeps_the_points_nothing_beats() -> None:
+    points = [
+        StagePoint(*p, 1.0) for p in [(10, 0), (8, 0.1), (8, 0.05), (6, 0.2), (7, 0.3), (5, 0.2)]
+    ]
+    assert [(p.ms, p.loss) for p in pareto(points)] == [(5, 0.2), (8, 0.05), (10, 0)]
+
+
+def test_allocation_is_the_brute_force_optimum() -> None:
+    rng = random.Random(0)
+    for trial in range(200):
+        stages = []
+        for k in range(rng.randint(1, 4)):
+            dense = rng.uniform(5, 40)
+            points = [(dense, 0.0)]
+            for _ in range(rng.randint(1, 8)):
+                points.append((dense * rng.uniform(0.2, 1.0), rng.uniform(0, 1)))
+            stages.append(_stage(f"s{k}", points, weight=rng.choice([0.5, 1.0, 3.0])))
+        fastest = sum(s.fastest.ms for s in stages)
+        dense = sum(s.dense_ms for s in stages)
+        budget = rng.uniform(fastest, dense * 1.05)
+        got = allocate(stages, budget)
+        assert got.total_ms <= budget + 1e-9, trial
+        assert got.weighted_loss == pytest.approx(_brute(stages, budget)), trial
+        assert got.total_ms == pytest.approx(sum(p.ms for p in got.choice.values()))
+
+
+def test_weights_move_the_budget_to_the_stage_that_matters() -> None:
+    # two identical stages: 10 ms dense, 6 ms at loss 0.3 ; budget 16 ms: one must give way
+    a = _stage("detect", [(10, 0.0), (6, 0.3)], weight=5.0)
+    b = _stage("depth", [(10, 0.0), (6, 0.3)], weight=1.0)
+    got = allocate([a, b], 16.0)
+    assert got.choice["detect"].ms == 10 and got.choice["depth"].ms == 6
+    assert got.weighted_loss == pytest.approx(0.3)
+
+
+def test_a_budget_below_the_smallest_widths_says_by_how_much() -> None:
+    a = _stage("detect", [(10, 0.0), (6, 0.3)])
+    b = _stage("segment", [(8, 0.0), (5, 0.2)])
+    with pytest.raises(
+        PipelineError, match=r"still take 11 ms \(detect 6 ms, segment 5 ms\), 1 ms over"
+    ):
+        allocate([a, b], 10.0)
+    with pytest.raises(PipelineError, match="unique"):
+        allocate([a, a], 100.0)
+    with pytest.raises(PipelineError, match="positive"):
+        allocate([a], -1)
+
+
+class _Table:
+    """A latency table whose groups cost 1 ms per channel over a 2 ms base."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.groups = sizes
+
+    def predict(self, kept: dict[str, int]) -> float:
+        return 2.0 + sum(kept.get(k, n) for k, n in self.groups.items())
+
+
+def test_uniform_ratio_meets_the_budget_with_the_least_cut() -> None:
+    stages = {"a": ({"g1": 10, "g2": 10}, _Table({"g1": 10, "g2": 10})),
+              "b": ({"g": 20}, _Table({"g": 20}))}  # fmt: skip
+    ratio, ms = uniform_ratio(stages, 2 + 2 + 20)  # half the channels
+    assert ratio == pytest.approx(0.5, abs=0.03)
+    assert sum(ms.values()) <= 24
+    assert uniform_ratio(stages, 100)[0] == 0.0
+    with pytest.raises(PipelineError, match="no uniform ratio"):
+        uniform_ratio(stages, 4.5)
+
+
+@pytest.mark.slow
+def test_two_real_models_planned_against_one_budget() -> None:
+    import torch
+
+    import prunekit as pk
+    from prunekit.graph import trace_channels
+    from prunekit.measure.latency import TimingPolicy
+    from prunekit.planning.lut import profile_latency
+    from prunekit.planning.pipeline import predicted_loss, stage_frontier
+
+    quick = TimingPolicy(warmup_calls=1, warmup_s=0.0, min_repeats=3, min_time_s=0.02,
+                         max_repeats=20, max_time_s=0.1)  # fmt: skip
+    stages = []
+    models = {}
+    for name, width in (("detect", 0.5), ("depth", 0.25)):
+        loaded = pk.load("prunekit.nn.mobile_cnn:MobileCNN", input_shapes=[(1, 1, 8, 8)],
+                         model_kwargs={"width": width})  # fmt: skip
+        model, example = loaded.model.eval(), loaded.input_spec.make(1)
+        graph = trace_channels(model, example)
+        sens = pk.sensitivity(model, example, config=pk.SensitivityConfig(
+            samples=8, ratios=(0.25, 0.5, 0.75), blocks=False))  # fmt: skip
+        lut = profile_latency(model, example, graph, fractions=(1.0, 0.75, 0.5, 0.25),
+                              policy=quick, blocks=False)  # fmt: skip
+        models[name] = (model, example, sens, lut, graph)
+        stages.append(stage_frontier(name, model, example, sens, lut, graph=graph,
+                                     ladder=(0.9, 0.8, 0.7, 0.6), blocks=False))  # fmt: skip
+    dense = sum(s.dense_ms for s in stages)
+    fastest = sum(s.fastest.ms for s in stages)
+    assert fastest < dense and len(stages[0].points) >= 2
+    budget = (dense + fastest) / 2
+    got = allocate(stages, budget)
+    assert got.total_ms <= budget
+    for name, point in got.choice.items():
+        model, example, sens, lut, _ = models[name]
+        if point.plan is None:
+            continue
+        assert lut.predict(point.plan.keep) == pytest.approx(point.ms, rel=1e-6)
+        assert predicted_loss(sens, point.plan.keep) == pytest.approx(point.loss, rel=1e-6)
+        pruned = __import__("copy").deepcopy(model)
+        pk.prune_(pruned, example, pk.PlanPruning(plan=point.plan))
+        with torch.no_grad():
+            assert pruned(example.args[0]).shape == model(example.args[0]).shape
