@@ -95,12 +95,12 @@ class _Table:
 def test_uniform_ratio_meets_the_budget_with_the_least_cut() -> None:
     stages = {"a": ({"g1": 10, "g2": 10}, _Table({"g1": 10, "g2": 10})),
               "b": ({"g": 20}, _Table({"g": 20}))}  # fmt: skip
-    ratio, ms = uniform_ratio(stages, 2 + 2 + 20)  # half the channels
-    assert ratio == pytest.approx(0.5, abs=0.03)
+    ratio, ms, meets = uniform_ratio(stages, 2 + 2 + 20)  # half the channels
+    assert ratio == pytest.approx(0.5, abs=0.03) and meets
     assert sum(ms.values()) <= 24
     assert uniform_ratio(stages, 100)[0] == 0.0
-    with pytest.raises(PipelineError, match="no uniform ratio"):
-        uniform_ratio(stages, 4.5)
+    ratio, ms, meets = uniform_ratio(stages, 4.5)  # below any width: the fastest, said
+    assert not meets and ratio > 0.85 and sum(ms.values()) > 4.5
 
 
 @pytest.mark.slow

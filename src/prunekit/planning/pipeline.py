@@ -172,11 +172,13 @@ def uniform_ratio(
     budget_ms: float,
     *,
     tolerance: float = 1e-3,
-) -> tuple[float, dict[str, float]]:
+    most: float = 0.9,
+) -> tuple[float, dict[str, float], bool]:
     """The one fraction of channels removed from every group of every stage whose summed
-    predicted latency meets ``budget_ms`` (the least such ratio), and each stage's predicted
-    ms at it. ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency
-    table)."""
+    predicted latency meets ``budget_ms`` (the least such ratio), each stage's predicted ms at
+    it, and whether it meets the budget: where no ratio up to ``most`` does (small models
+    whose time is per-layer overhead), the ratio predicted fastest is returned with False.
+    ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency table)."""
 
     def predicted(ratio: float) -> dict[str, float]:
         out = {}
@@ -185,21 +187,23 @@ def uniform_ratio(
             out[name] = float(lut.predict(kept))
         return out
 
-    if sum(predicted(0.0).values()) <= budget_ms:
-        return 0.0, predicted(0.0)
-    lo, hi = 0.0, 0.95
-    if sum(predicted(hi).values()) > budget_ms:
-        raise PipelineError(
-            f"no uniform ratio up to {hi:.0%} meets {budget_ms:g} ms: the tables predict "
-            f"{sum(predicted(hi).values()):.4g} ms there"
-        )
+    def total(ratio: float) -> float:
+        return sum(predicted(ratio).values())
+
+    if total(0.0) <= budget_ms:
+        return 0.0, predicted(0.0), True
+    if total(most) > budget_ms:
+        grid = [most * i / 40 for i in range(41)]
+        fastest = min(grid, key=total)
+        return fastest, predicted(fastest), False
+    lo, hi = 0.0, most
     while hi - lo > tolerance:
         mid = (lo + hi) / 2
-        if sum(predicted(mid).values()) <= budget_ms:
+        if total(mid) <= budget_ms:
             hi = mid
         else:
             lo = mid
-    return hi, predicted(hi)
+    return hi, predicted(hi), True
 
 
 def predicted_loss(sensitivity: Any, keep: Mapping[str, int]) -> float:
@@ -211,3 +215,65 @@ def predicted_loss(sensitivity: Any, keep: Mapping[str, int]) -> float:
         if group is not None and kept < group.size:
             total += float(group.at(kept, "drop"))
     return total
+
+
+def measure_pipelines(
+    variants: Mapping[str, Sequence[tuple[str, Any, Any]]],
+    *,
+    rounds: int = 5,
+    threads: int | None = None,
+    device: str = "cpu",
+    policy: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Time whole pipelines interleaved: ``variants`` maps a name (dense, planned, uniform) to
+    its stages ``(stage name, model, example inputs)``, run one after another per frame. Each
+    round times every variant's frame and every stage alone, in an order rotating from round
+    to round (``measure.compare``'s scheme); medians over rounds, in ms."""
+    import statistics
+
+    import torch
+
+    from prunekit.measure.compare import ROUND_POLICY, round_orders
+    from prunekit.measure.latency import intra_op_threads, resolve_device, time_calls, timer_for
+
+    dev = resolve_device(device)
+    timer = timer_for(dev)
+    n_threads = threads or torch.get_num_threads()
+    calls: dict[str, Callable[[], Any]] = {}  # "variant/stage"; "variant/" is the frame
+
+    def call(model: Any, example: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad():
+                return example.call(model)
+
+        return run
+
+    for variant, stages in variants.items():
+        for stage, model, example in stages:
+            model.eval().to(dev)
+            calls[f"{variant}/{stage}"] = call(model, example.to(dev))
+        calls[f"{variant}/"] = _frame([calls[f"{variant}/{s}"] for s, _, _ in stages])
+    timed: dict[str, list[float]] = {key: [] for key in calls}
+    with intra_op_threads(n_threads):
+        for order in round_orders(list(calls), rounds):
+            for key in order:
+                samples, _ = time_calls(calls[key], timer, policy or ROUND_POLICY)
+                timed[key].append(statistics.median(samples))
+    out: dict[str, dict[str, Any]] = {}
+    for variant, stages in variants.items():
+        out[variant] = {
+            "total_ms": statistics.median(timed[f"{variant}/"]),
+            "total_rounds_ms": timed[f"{variant}/"],
+            "stages": {s: statistics.median(timed[f"{variant}/{s}"]) for s, _, _ in stages},
+        }
+    return out
+
+
+def _frame(runs: list[Callable[[], Any]]) -> Callable[[], None]:
+    """One frame of a pipeline: every stage once, one after another."""
+
+    def frame() -> None:
+        for run in runs:
+            run()
+
+    return frame

@@ -1,0 +1,290 @@
+"""``pk.run_pipeline``: several models pruned together under one frame budget.
+
+A pipeline file names the stages (each a model, its input shape, optional data, a metric and
+a weight) and a budget in milliseconds per frame (or a fraction of the dense pipeline's
+measured time). Per stage: a sensitivity sweep (on the fit part of the stage's data, or
+seeded random inputs) and a latency table (``lut:`` a file made on the target with
+``prunekit profile``, fingerprint-checked, or measured here). Then one allocation across the
+stages (``planning.pipeline``), the uniform baseline (one ratio for every stage) at the same
+budget, both pruned, and all three pipelines -- dense, planned, uniform -- timed interleaved,
+stage after stage, with each stage's metric against the dense stage on held-out inputs.
+
+Metrics: ``agreement`` (default): the share of positions whose class (argmax over the
+channel dimension: per sample for classifiers, per pixel for segmenters) equals the dense
+model's; for one-channel outputs (depth) ``1 - AbsRel`` against the dense output.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.errors import InvalidValueError
+
+TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "batch_size", "threads",
+            "rounds", "stages", "metric_samples", "lut_timing"}  # fmt: skip
+STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
+              "weight", "lut", "sensitivity", "plan"}  # fmt: skip
+METRICS = ("agreement",)
+
+
+class PipelineSpecError(InvalidValueError):
+    """A pipeline file that cannot be used."""
+
+
+def _unknown(keys: Any, known: set[str], where: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PipelineSpecError(f"{where}: unknown key {key!r}{hint}; known: "
+                                    f"{', '.join(sorted(known))}")  # fmt: skip
+
+
+def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
+    """Check a pipeline mapping; every mistake is one line naming the key."""
+    if not isinstance(data, dict):
+        raise PipelineSpecError(f"{where}: expected a mapping (budget_ms:, stages: ...)")
+    _unknown(data, TOP_KEYS, where)
+    if ("budget_ms" in data) == ("budget_fraction" in data):
+        raise PipelineSpecError(f"{where}: give exactly one of budget_ms (ms per frame) or "
+                                "budget_fraction (of the dense pipeline's measured time)")  # fmt: skip
+    for key in ("budget_ms", "budget_fraction"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise PipelineSpecError(f"{where}: {key} must be a positive number, got {value!r}")
+    if data.get("budget_fraction", 0.5) > 1:
+        raise PipelineSpecError(f"{where}: budget_fraction must be at most 1")
+    if data.get("backend", "eager") != "eager":
+        raise PipelineSpecError(f"{where}: backend {data['backend']!r} is not supported by "
+                                "prunekit pipeline yet (eager only)")  # fmt: skip
+    timing = data.get("lut_timing")
+    if timing is not None:
+        from prunekit.measure.latency import TimingPolicy
+
+        if not isinstance(timing, dict):
+            raise PipelineSpecError(f"{where}: lut_timing: expected a mapping of TimingPolicy "
+                                    "fields (min_repeats, min_time_s, max_time_s, ...)")  # fmt: skip
+        try:
+            TimingPolicy(**timing)
+        except (TypeError, ValueError) as exc:
+            raise PipelineSpecError(f"{where}: lut_timing: {exc}") from None
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise PipelineSpecError(f"{where}: stages: must be a list of stages (name, model, ...)")
+    names = []
+    for i, stage in enumerate(stages):
+        at = f"{where}: stage {i + 1}"
+        if not isinstance(stage, dict):
+            raise PipelineSpecError(f"{at}: expected a mapping (name:, model:, ...)")
+        _unknown(stage, STAGE_KEYS, at)
+        for key in ("name", "model"):
+            if not isinstance(stage.get(key), str) or not stage[key]:
+                raise PipelineSpecError(f"{at}: {key}: is required")
+        if stage.get("metric", "agreement") not in METRICS:
+            raise PipelineSpecError(f"{at}: metric {stage['metric']!r} is not supported yet; "
+                                    f"known: {', '.join(METRICS)}")  # fmt: skip
+        weight = stage.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise PipelineSpecError(f"{at}: weight must be a number >= 0, got {weight!r}")
+        names.append(stage["name"])
+    if len(set(names)) != len(names):
+        raise PipelineSpecError(f"{where}: stage names must be unique, got {names}")
+    return data
+
+
+def agreement(dense: torch.Tensor, other: torch.Tensor) -> float:
+    """The ``agreement`` metric (module docstring) of ``other`` against ``dense``."""
+    if dense.ndim >= 2 and dense.shape[1] > 1:
+        return float((dense.argmax(1) == other.argmax(1)).float().mean())
+    rel = (other - dense).abs() / dense.abs().clamp_min(1e-6)
+    return float(1 - rel.mean())
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return _first_tensor(next(iter(output.values())))
+    if isinstance(output, (list, tuple)):
+        return _first_tensor(output[0])
+    raise PipelineSpecError(f"the stage's output ({type(output).__name__}) holds no tensor")
+
+
+def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> tuple[Any, torch.Tensor, str]:
+    """(fit batches for sensitivity, held-out inputs for the metric, where they come from)."""
+    example = loaded.input_spec.make(1)
+    shape = tuple(example.tensors()[0].shape[1:])
+    if stage.get("data"):
+        from prunekit.api.data import as_data
+
+        data = as_data(stage["data"], example=example)
+        held = torch.stack([data.eval[i][0] for i in range(min(samples, len(data.eval)))])
+        return data, held, f"the first {len(held)} of the eval part of {stage['data']}"
+    generator = torch.Generator().manual_seed(1)  # not the sensitivity's seed 0
+    return None, torch.randn((samples, *shape), generator=generator), (
+        f"{samples} seeded random inputs (no data: given)")  # fmt: skip
+
+
+def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
+                 log: Any = None, force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Plan, prune and measure the pipeline (module docstring); writes ``out/`` (per stage
+    ``<stage>/planned`` and ``<stage>/uniform`` artifacts, ``<stage>/lut.json``,
+    ``<stage>/sensitivity.json``) and returns ``pipeline.json``."""
+    import json
+    import time
+
+    import yaml
+
+    import prunekit as pk
+    from prunekit._outputs import check_output_dir
+    from prunekit.graph import trace_channels
+    from prunekit.measure.latency import TimingPolicy
+    from prunekit.measure.macs import count_macs
+    from prunekit.planning.lut import LatencyTable, profile_latency
+    from prunekit.planning.pipeline import (
+        allocate,
+        measure_pipelines,
+        predicted_loss,
+        stage_frontier,
+        uniform_ratio,
+    )
+
+    say = log or (lambda _: None)
+    if not isinstance(spec, dict):
+        path = Path(spec)
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PipelineSpecError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise PipelineSpecError(f"{path} is not valid YAML: {exc}") from None
+        spec = parse_pipeline(spec, str(path))
+    else:
+        spec = parse_pipeline(spec)
+    target = check_output_dir(out, "prunekit pipeline", force=force, log=say)
+    device, threads = spec.get("device", "cpu"), spec.get("threads")
+    batch, samples = int(spec.get("batch_size", 1)), int(spec.get("metric_samples", 64))
+    started = time.perf_counter()
+    stages, facts = [], {}
+    for stage in spec["stages"]:
+        name = stage["name"]
+        shape = stage.get("input_shape")
+        loaded = pk.load(stage["model"], input_shapes=[tuple(int(s) for s in str(shape).split(","))]
+                         if shape else None, model_kwargs=stage.get("model_kwargs"),
+                         trust_code=bool(stage.get("trust_code", False)))  # fmt: skip
+        model = loaded.model.eval()
+        example = loaded.input_spec.make(1)
+        try:
+            graph = trace_channels(model, example)
+        except Exception as exc:
+            raise PipelineSpecError(f"stage {name}: its model cannot be traced for pruning "
+                                    f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        data, held, held_from = _inputs(stage, loaded, samples)
+        say(f"{name}: sensitivity")
+        sens = pk.sensitivity(model, example, data=data,
+                              config=pk.SensitivityConfig.from_dict(stage.get("sensitivity") or {}),
+                              model_name=stage["model"])  # fmt: skip
+        if stage.get("lut"):
+            lut = LatencyTable.load(stage["lut"])
+            lut.check_model(model, example, graph, batch_size=batch)
+        else:
+            say(f"{name}: latency table ({device}, batch {batch})")
+            lut = profile_latency(model, example, graph, device=device, batch_size=batch,
+                                  threads=threads, model_name=stage["model"], blocks=False,
+                                  policy=TimingPolicy(**spec["lut_timing"])
+                                  if spec.get("lut_timing") else None)  # fmt: skip
+        plan_options: dict[str, Any] = {
+            "round_to": int((stage.get("plan") or {}).get("round_to", 1)),
+            "blocks": False,
+        }
+        stages.append(stage_frontier(name, model, example, sens, lut, graph=graph,
+                                     weight=float(stage.get("weight", 1.0)), log=say,
+                                     **plan_options))  # fmt: skip
+        sizes = {key: g.size for key, g in sens.groups.items()}
+        facts[name] = {"loaded": loaded, "model": model, "example": example, "sens": sens,
+                       "lut": lut, "sizes": sizes, "held": held, "held_from": held_from}  # fmt: skip
+    planning_s = time.perf_counter() - started
+    dense_variant = {"dense": [(n, f["model"], f["example"]) for n, f in facts.items()]}
+    dense_ms = measure_pipelines(dense_variant, rounds=3, threads=threads, device=device)
+    dense_total = dense_ms["dense"]["total_ms"]
+    predicted_dense = sum(s.dense_ms for s in stages)
+    budget_ms = float(spec.get("budget_ms") or spec["budget_fraction"] * dense_total)
+    # the tables predict in their own scale; the budget is in measured ms
+    budget_pred = budget_ms * predicted_dense / dense_total
+    say(f"budget {budget_ms:.3f} ms per frame (dense pipeline {dense_total:.3f} ms measured, "
+        f"{predicted_dense:.3f} ms predicted)")  # fmt: skip
+    plan = allocate(stages, budget_pred)
+    ratio, uniform_pred, uniform_meets = uniform_ratio(
+        {n: (f["sizes"], f["lut"]) for n, f in facts.items()}, budget_pred)  # fmt: skip
+    if not uniform_meets:
+        say(f"no uniform ratio meets the budget in prediction: the uniform baseline uses the "
+            f"fastest predicted, {ratio:.0%}")  # fmt: skip
+    models: dict[str, dict[str, Any]] = {"dense": {}, "planned": {}, "uniform": {}}
+    for name, f in facts.items():
+        models["dense"][name] = f["model"]
+        planned = copy.deepcopy(f["model"])
+        point = plan.choice[name]
+        if point.plan is not None:
+            pk.prune_(planned, f["example"], pk.PlanPruning(plan=point.plan))
+        models["planned"][name] = planned
+        uniform = copy.deepcopy(f["model"])
+        if ratio > 0:
+            pk.prune_(uniform, f["example"], pk.StructuredPruning(ratio=ratio))
+        models["uniform"][name] = uniform
+    variants = {v: [(n, m, facts[n]["example"]) for n, m in ms.items()] for v, ms in models.items()}
+    measured = measure_pipelines(variants, rounds=int(spec.get("rounds", 5)), threads=threads,
+                                 device=device)  # fmt: skip
+    record: dict[str, Any] = {"budget_ms": budget_ms, "budget_predicted_ms": budget_pred,
+                              "device": device, "backend": "eager", "batch_size": batch,
+                              "threads": threads, "planning_s": planning_s,
+                              "uniform_ratio": ratio,
+                              "uniform_meets_budget_predicted": uniform_meets}  # fmt: skip
+    with torch.no_grad():
+        dense_out = {n: _first_tensor(f["model"](f["held"])) for n, f in facts.items()}
+    for variant in ("dense", "planned", "uniform"):
+        rows, loss, loss_pred = [], 0.0, 0.0
+        for stage in stages:
+            f = facts[stage.name]
+            model = models[variant][stage.name]
+            with torch.no_grad():
+                value = agreement(dense_out[stage.name], _first_tensor(model(f["held"])))
+            keep = ({} if variant == "dense" else
+                    plan.choice[stage.name].plan.keep if variant == "planned"
+                    and plan.choice[stage.name].plan is not None else
+                    {} if variant == "planned" else
+                    {k: max(1, round(n * (1 - ratio))) for k, n in f["sizes"].items()})  # fmt: skip
+            predicted_ms = {"dense": stage.dense_ms, "planned": plan.choice[stage.name].ms,
+                            "uniform": uniform_pred[stage.name]}[variant]  # fmt: skip
+            macs = (
+                count_macs(model, f["example"]).total / count_macs(f["model"], f["example"]).total
+            )
+            loss += stage.weight * (1.0 - value)
+            loss_pred += stage.weight * predicted_loss(f["sens"], keep)
+            rows.append({"name": stage.name, "measured_ms": measured[variant]["stages"][stage.name],
+                         "predicted_ms": predicted_ms * dense_total / predicted_dense,
+                         "metric": value, "metric_dense": 1.0, "metric_name": "agreement",
+                         "metric_on": f["held_from"], "macs_kept": macs,
+                         "artifact": None if variant == "dense" else f"{stage.name}/{variant}"})  # fmt: skip
+        record[variant] = {"total_ms_measured": measured[variant]["total_ms"],
+                           "total_ms_predicted": sum(r["predicted_ms"] for r in rows),
+                           "weighted_loss": loss, "weighted_loss_predicted": loss_pred,
+                           "stages": rows}  # fmt: skip
+
+    def writer(staging: Path) -> None:
+        for name, f in facts.items():
+            (staging / name).mkdir()
+            f["lut"].save(staging / name / "lut.json")
+            f["sens"].save(staging / name / "sensitivity.json")
+            for variant in ("planned", "uniform"):
+                pk.save(models[variant][name], staging / name / variant, source=f["loaded"])
+        (staging / "pipeline.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    target.write(writer, say)
+    return record

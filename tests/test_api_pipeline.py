@@ -1,0 +1,119 @@
+"""``pk.run_pipeline``: several models planned under one frame budget, the pipeline file checked
+key by key, pipeline.json holding the issue's keys for dense, planned and uniform, and a budget
+no widths reach, or a latency table of another model, refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prunekit.api.pipeline import PipelineSpecError, agreement, parse_pipeline
+
+QUICK = {"warmup_calls": 1, "warmup_s": 0.0, "min_repeats": 3, "min_time_s": 0.02,
+         "max_repeats": 20, "max_time_s": 0.1}  # fmt: skip
+
+
+def _stage(name: str, width: float, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "model": "prunekit.nn.mobile_cnn:MobileCNN",
+            "model_kwargs": {"width": width}, "input_shape": "1,1,8,8",
+            "sensitivity": {"samples": 8, "ratios": [0.25, 0.5, 0.75], "blocks": False},
+            **extra}  # fmt: skip
+
+
+def _spec(**top: Any) -> dict[str, Any]:
+    return {"budget_fraction": 0.8, "threads": 1, "rounds": 3, "lut_timing": QUICK,
+            "metric_samples": 16,
+            "stages": [_stage("detect", 0.5, data="digits", weight=2.0), _stage("depth", 0.25)],
+            **top}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"budget_msec": 10}, "unknown key 'budget_msec' \\(did you mean 'budget_ms'\\?\\)"),
+        ({"budget_ms": 10}, "exactly one of budget_ms"),
+        ({"budget_fraction": 1.5}, "at most 1"),
+        ({"budget_fraction": -1}, "positive number"),
+        ({"backend": "tensorrt"}, "backend 'tensorrt' is not supported"),
+        ({"stages": []}, "stages: must be a list"),
+        ({"stages": [{"name": "a"}]}, "stage 1: model: is required"),
+        ({"stages": [_stage("a", 0.5, metric="map")]}, "metric 'map' is not supported yet"),
+        ({"stages": [_stage("a", 0.5, wieght=1)]}, "did you mean 'weight'"),
+        ({"stages": [_stage("a", 0.5), _stage("a", 0.25)]}, "unique"),
+        ({"lut_timing": {"min_repeats": "x"}}, "lut_timing"),
+    ],
+)
+def test_the_pipeline_file_is_checked_key_by_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(PipelineSpecError, match=message):
+        parse_pipeline({**_spec(), **change})
+
+
+def test_agreement_metric() -> None:
+    import torch
+
+    dense = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    other = torch.tensor([[0.2, 0.8], [0.1, 0.9], [0.4, 0.6], [0.7, 0.3]])
+    assert agreement(dense, other) == 0.75  # per sample: classes
+    depth = torch.full((2, 1, 4, 4), 2.0)
+    assert agreement(depth, depth * 1.1) == pytest.approx(0.9)  # 1 - AbsRel
+
+
+@pytest.mark.slow
+def test_a_two_stage_pipeline(tmp_path: Path) -> None:
+    import prunekit as pk
+    from prunekit.api.pipeline import run_pipeline
+
+    record = run_pipeline(_spec(), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "pipeline.json").read_text()) == json.loads(
+        json.dumps(record))  # fmt: skip
+    for variant in ("dense", "planned", "uniform"):
+        v = record[variant]
+        assert {"total_ms_measured", "total_ms_predicted", "weighted_loss", "stages"} <= set(v)
+        assert [s["name"] for s in v["stages"]] == ["detect", "depth"]
+        for s in v["stages"]:
+            assert {"name", "measured_ms", "predicted_ms", "metric", "metric_dense",
+                    "macs_kept", "artifact"} <= set(s)  # fmt: skip
+    assert record["dense"]["weighted_loss"] == 0.0
+    # the plan fits the budget in prediction (the tables' scale, converted to measured ms)
+    assert record["planned"]["total_ms_predicted"] <= record["budget_ms"] * 1.0001
+    if record["uniform_meets_budget_predicted"]:
+        assert record["uniform"]["total_ms_predicted"] <= record["budget_ms"] * 1.0001
+    assert 0 < record["uniform_ratio"] < 1
+    assert record["planned"]["stages"][0]["metric_on"].endswith("of the eval part of digits")
+    for variant in ("planned", "uniform"):
+        for s in record[variant]["stages"]:
+            loaded = pk.load(str(tmp_path / "out" / s["artifact"]))
+            macs = pk.count_macs(loaded.model, loaded.input_spec.make(1)).total
+            dense = pk.load("prunekit.nn.mobile_cnn:MobileCNN", input_shapes=[(1, 1, 8, 8)],
+                            model_kwargs={"width": 0.5 if s["name"] == "detect" else 0.25})  # fmt: skip
+            assert macs / pk.count_macs(dense.model, dense.input_spec.make(1)).total == (
+                pytest.approx(s["macs_kept"]))  # fmt: skip
+    for name in ("detect", "depth"):
+        assert (tmp_path / "out" / name / "lut.json").is_file()
+        assert (tmp_path / "out" / name / "sensitivity.json").is_file()
+
+
+@pytest.mark.slow
+def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) -> None:
+    from prunekit.api.pipeline import run_pipeline
+    from prunekit.planning.lut import TableMismatchError
+    from prunekit.planning.pipeline import PipelineError
+
+    spec = _spec()
+    spec.pop("budget_fraction")
+    spec["budget_ms"] = 0.001
+    with pytest.raises(PipelineError, match=r"cannot be met: .*detect .* ms, depth .* ms"):
+        run_pipeline(spec, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    made = run_pipeline({**_spec(), "budget_fraction": 1.0, "stages": [_stage("depth", 0.25)]},
+                        tmp_path / "b")  # fmt: skip
+    assert made["planned"]["stages"][0]["name"] == "depth"
+    other = {
+        **_spec(),
+        "stages": [_stage("detect", 0.5, lut=str(tmp_path / "b" / "depth" / "lut.json"))],
+    }
+    with pytest.raises(TableMismatchError):
+        run_pipeline(other, tmp_path / "c")
