@@ -22,6 +22,7 @@ from prunekit.cli import (
     bench,
     demo,
     evaluate,
+    export,
     finetune,
     mcu,
     models,
@@ -34,8 +35,8 @@ from prunekit.cli import (
 )
 
 COMMANDS = (
-    demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, mcu,
-    report, models,
+    demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, export,
+    mcu, report, models,
 )  # fmt: skip
 
 

@@ -42,38 +42,62 @@ class Backend(ABC):
 
 def eager_reference(model: nn.Module, inputs: ExampleInputs) -> list[torch.Tensor]:
     with torch.inference_mode():
-        return [t.detach().float().cpu() for t in flatten_tensors(inputs.call(model))]
+        return reference_tensors(inputs.call(model))
+
+
+def reference_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output, as float32 on the CPU, for ``check_parity``."""
+    return [t.detach().float().cpu() for t in flatten_tensors(output)]
 
 
 def check_parity(
-    reference: list[torch.Tensor], candidate: list[torch.Tensor], what: str
+    reference: list[torch.Tensor],
+    candidate: list[torch.Tensor],
+    what: str,
+    *,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    names: list[str] | None = None,
+    refusal: str = "refusing to time a different computation",
 ) -> dict[str, Any]:
     """Compare ``candidate`` outputs with eager ``reference`` outputs; raise on mismatch.
 
-    Returns a record (max absolute difference, tolerance) for the benchmark's JSON.
+    Output ``i`` agrees when ``max|a - b| <= atol + rtol * max|reference_i|``. Returns a
+    record for the JSON: the largest absolute difference, the largest relative one (the
+    absolute difference over the output's largest magnitude, the scale the tolerance uses),
+    the tolerance. ``names`` name the outputs in errors; ``refusal`` ends them.
     """
     if len(reference) != len(candidate):
         raise BackendError(
             f"{what} returned {len(candidate)} outputs but the eager model returns "
-            f"{len(reference)}; refusing to time a different computation"
+            f"{len(reference)}; {refusal}"
         )
-    worst = 0.0
-    tolerance = 0.0
+    worst = worst_rel = tolerance = 0.0
     for i, (ref, got) in enumerate(zip(reference, candidate, strict=True)):
+        label = f"output {i}" + (f" ({names[i]})" if names and i < len(names) else "")
         got = got.detach().float().cpu()
         if tuple(ref.shape) != tuple(got.shape):
             raise BackendError(
-                f"{what} output {i} has shape {tuple(got.shape)}, eager gives {tuple(ref.shape)}"
+                f"{what} {label} has shape {tuple(got.shape)}, eager gives {tuple(ref.shape)}; "
+                f"{refusal}"
             )
         if ref.numel() == 0:
             continue
         diff = float((ref - got).abs().max())
-        tol = ATOL + RTOL * float(ref.abs().max())
+        scale = float(ref.abs().max())
+        rel = diff / scale if scale > 0 else diff
+        tol = atol + rtol * scale
         if not diff <= tol:  # also catches NaN
             raise BackendError(
-                f"{what} output {i} differs from eager PyTorch: max abs difference {diff:.3g} "
-                f"exceeds tolerance {tol:.3g}; refusing to time a different computation"
+                f"{what} {label} differs from eager PyTorch: max abs difference {diff:.3g} "
+                f"(max rel {rel:.3g}) exceeds tolerance {tol:.3g} (atol {atol:g} + rtol "
+                f"{rtol:g} x max|output| {scale:.3g}); {refusal}"
             )
-        worst = max(worst, diff)
+        worst, worst_rel = max(worst, diff), max(worst_rel, rel)
         tolerance = max(tolerance, tol)
-    return {"max_abs_diff": worst, "tolerance": tolerance, "outputs": len(reference)}
+    return {
+        "max_abs_diff": worst,
+        "max_rel_diff": worst_rel,
+        "tolerance": tolerance,
+        "outputs": len(reference),
+    }
