@@ -117,3 +117,13 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
     }
     with pytest.raises(TableMismatchError):
         run_pipeline(other, tmp_path / "c")
+
+
+def test_the_command_refuses_bad_files_in_one_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("pipeline", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "cannot read" in result.err
+    bad = tmp_path / "p.yaml"
+    bad.write_text("budget_ms: 10\nstages:\n  - {name: a, model: resnet18, wieght: 2}\n")
+    result = cli("pipeline", str(bad), "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "did you mean 'weight'" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -26,6 +26,7 @@ from prunekit.cli import (
     finetune,
     mcu,
     models,
+    pipeline,
     plan,
     profile,
     prune,
@@ -36,7 +37,7 @@ from prunekit.cli import (
 
 COMMANDS = (
     demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, export,
-    mcu, report, models,
+    pipeline, mcu, report, models,
 )  # fmt: skip
 
 
