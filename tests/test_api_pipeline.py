@@ -61,12 +61,43 @@ def test_agreement_metric() -> None:
     assert agreement(depth, depth * 1.1) == pytest.approx(0.9)  # 1 - AbsRel
 
 
+def _linear_tables(tmp_path: Path) -> dict[str, str]:
+    """Latency tables of the two stages, profiled (so their fingerprints are the stages'),
+    then given exact, linear times (10 ms dense, each group worth 5 ms / groups at zero
+    width): the plan no longer depends on how busy the machine is."""
+    import prunekit as pk
+    from prunekit.measure.latency import TimingPolicy
+    from prunekit.planning.lut import profile_latency
+
+    paths = {}
+    for stage in _spec()["stages"]:
+        loaded = pk.load(stage["model"], input_shapes=[(1, 1, 8, 8)],
+                         model_kwargs=stage["model_kwargs"])  # fmt: skip
+        lut = profile_latency(loaded.model, loaded.input_spec.make(1), policy=TimingPolicy(**QUICK),
+                              blocks=False)  # fmt: skip
+        data = lut.to_dict()
+        data["base_ms"] = 10.0
+        n = len(data["groups"])
+        for g in data["groups"].values():
+            g["ms"] = [10.0 - 5.0 * (1 - k / g["size"]) / n for k in g["kept"]]
+        path = tmp_path / f"{stage['name']}.lut.json"
+        path.write_text(json.dumps(data))
+        paths[stage["name"]] = str(path)
+    return paths
+
+
+def _with_tables(tables: dict[str, str]) -> dict[str, Any]:
+    spec = _spec()
+    spec["stages"] = [{**stage, "lut": tables[stage["name"]]} for stage in spec["stages"]]
+    return spec
+
+
 @pytest.mark.slow
 def test_a_two_stage_pipeline(tmp_path: Path) -> None:
     import prunekit as pk
     from prunekit.api.pipeline import run_pipeline
 
-    record = run_pipeline(_spec(), tmp_path / "out")
+    record = run_pipeline(_with_tables(_linear_tables(tmp_path)), tmp_path / "out")
     assert json.loads((tmp_path / "out" / "pipeline.json").read_text()) == json.loads(
         json.dumps(record))  # fmt: skip
     for variant in ("dense", "planned", "uniform"):
@@ -102,19 +133,14 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
     from prunekit.planning.lut import TableMismatchError
     from prunekit.planning.pipeline import PipelineError
 
-    spec = _spec()
+    tables = _linear_tables(tmp_path)
+    spec = _with_tables(tables)
     spec.pop("budget_fraction")
     spec["budget_ms"] = 0.001
     with pytest.raises(PipelineError, match=r"cannot be met: .*detect .* ms, depth .* ms"):
         run_pipeline(spec, tmp_path / "a")
     assert not (tmp_path / "a").exists()
-    made = run_pipeline({**_spec(), "budget_fraction": 1.0, "stages": [_stage("depth", 0.25)]},
-                        tmp_path / "b")  # fmt: skip
-    assert made["planned"]["stages"][0]["name"] == "depth"
-    other = {
-        **_spec(),
-        "stages": [_stage("detect", 0.5, lut=str(tmp_path / "b" / "depth" / "lut.json"))],
-    }
+    other = {**_spec(), "stages": [_stage("detect", 0.5, lut=tables["depth"])]}
     with pytest.raises(TableMismatchError):
         run_pipeline(other, tmp_path / "c")
 
