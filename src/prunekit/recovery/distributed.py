@@ -21,6 +21,7 @@ Without a process group (or with one rank) every helper is a no-op: ``is_primary
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -78,7 +79,16 @@ def init_from_env(device: torch.device) -> bool:
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # leave the group before the interpreter exits: a gloo group still alive then has
+        # its threads killed mid-flight ("terminate called without an active exception",
+        # SIGABRT) after the work is done, and torchrun reports the run as failed
+        atexit.register(_leave_group)
     return is_distributed()
+
+
+def _leave_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _sync_device() -> torch.device:
