@@ -115,11 +115,12 @@ def stage_frontier(
         graph = graph if graph is not None else trace_channels(model, example)
         dense_ms = float(lut.predict({}))
         points = [StagePoint(dense_ms, 0.0, 1.0, None)]
+        reuse: dict[str, Any] = {}  # one model, table and scores: count dense costs once
         for fraction in ladder:
             try:
                 plan = make_plan(model, example, graph, sensitivity,
                                  Target("latency_ms", fraction * dense_ms), lut=lut,
-                                 **plan_options)  # fmt: skip
+                                 reuse=reuse, **plan_options)  # fmt: skip
             except PlanError:
                 break  # the ladder descends: a lower target cannot be met either
             points.append(StagePoint(float(plan.achieved["latency_ms"]),

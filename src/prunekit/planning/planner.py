@@ -327,6 +327,8 @@ class _Costs:
 
     def value(self, keep: Mapping[str, int], kind: str, exact: bool = False) -> float:
         """In the target's unit: kept fraction for macs/params, bytes, milliseconds."""
+        if kind == "latency_ms" and not exact:  # the table alone: no need to count the rest
+            return self._latency(*self._split(self._active(keep)))
         cost = self.exact(keep) if exact else self.estimate(keep)
         if kind in ("macs", "params"):
             return cost[kind] / self.base[kind]
@@ -367,6 +369,7 @@ def make_plan(
     latency_weight: float = 0.0,
     blocks: bool = True,
     log: Log = lambda _: None,
+    reuse: dict[str, Any] | None = None,
 ) -> Plan:
     """Per-group channel counts meeting ``target`` with the least predicted drop.
 
@@ -386,6 +389,10 @@ def make_plan(
 
     ``blocks``: let the plan drop the residual blocks the sensitivity file measured
     (``Plan.drop_blocks``; with a latency table, only those the table measured too).
+
+    ``reuse``: a dict the caller keeps between calls that plan the same model, example,
+    table and scores for several targets (a pipeline stage's ladder): the dense costs are
+    counted once and the exact counts of plans already seen are kept.
     """
     from prunekit.planning._arguments import check_plan_arguments
 
@@ -434,7 +441,13 @@ def make_plan(
         )
         for k, g in groups.items()
     }
-    costs = _Costs(model, example, groups, key_scores, lut)
+    if reuse is not None and reuse.get("for") == (id(model), id(lut), id(scores), importance):
+        costs = reuse["costs"]
+        costs.correction = 1.0  # calibrated per plan (MACs targets)
+    else:
+        costs = _Costs(model, example, groups, key_scores, lut)
+        if reuse is not None:
+            reuse.update({"for": (id(model), id(lut), id(scores), importance), "costs": costs})
     kind = target.kind
     goal = target.value
     slack = target.tolerance()
@@ -491,10 +504,12 @@ def make_plan(
             return drop(key, kept)
         return drop(key, kept) + latency_weight * (predicted_ms(key, kept) - base_ms) / base_ms
 
+    dense_cost = costs.value({}, kind)
+
     def saving(key: str, kept: int) -> float:
         """This group's saving alone, in the target's unit (an estimate for the relaxation)."""
         if kind == "latency_ms":
-            return costs.value({}, kind) - predicted_ms(key, kept)
+            return dense_cost - predicted_ms(key, kept)
         attribute = "params_fraction" if kind in ("params", "bytes") else "macs_fraction"
         if key.startswith(BLOCK):
             block = sensitivity.blocks[key[len(BLOCK) :]]
