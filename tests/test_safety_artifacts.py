@@ -91,6 +91,17 @@ def test_a_genuine_allowlisted_artifact_loads_without_trust(artifact: Path) -> N
     assert torch.equal(model(x), nn.Linear(4, 3)(x))
 
 
+def test_prunekit_named_builders_load_without_trust(tmp_path: Path) -> None:
+    import prunekit as pk
+
+    loaded = pk.load("prunekit.nn.perception:seg_net", input_shapes=[(1, 3, 32, 32)],
+                     model_kwargs={"width": 8})  # fmt: skip
+    saved = pk.save(loaded.model, tmp_path / "seg", source=loaded)
+    model, _ = load(saved)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(model.eval()(x), loaded.model.eval()(x))
+
+
 @pytest.mark.parametrize(
     ("spec", "kwargs"),
     [
@@ -104,6 +115,11 @@ def test_a_genuine_allowlisted_artifact_loads_without_trust(artifact: Path) -> N
         ("torch.nn.init:normal_", {}),  # a function in an allowed package: not a module class
         ("torchvision.models._utils:handle_legacy_interface", {}),
         ("prunekit._outputs:write_record", {"directory": "{tmp}", "command": "x"}),
+        # a prunekit function that is not one of its named builders
+        (
+            "prunekit.nn.perception:load_mobilenet_v2_features",
+            {"features": None, "path": "{marker}"},
+        ),
     ],
 )
 def test_recipes_that_would_run_code_are_refused(  # type: ignore[no-untyped-def]

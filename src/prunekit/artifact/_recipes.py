@@ -268,6 +268,13 @@ def _callable_builder(
     return lambda: callable_source.build(spec, model_kwargs=kwargs or None).model
 
 
+# prunekit's own builder functions (classes need no entry), named one by one: any other
+# function of an allowed package is refused without trust, however harmless it looks
+PRUNEKIT_BUILDERS: dict[str, frozenset[str]] = {
+    "prunekit.nn.perception": frozenset({"depth_net", "seg_net", "centernet_lite"}),
+}
+
+
 def _check_allowed_callable(module: str, attr: str, recipe: dict[str, Any], label: str) -> None:
     if not _DOTTED.fullmatch(module) or not _in_packages(module, MODULE_PACKAGES):
         raise _untrusted(label, describe(recipe))
@@ -279,6 +286,8 @@ def _check_allowed_callable(module: str, attr: str, recipe: dict[str, Any], labe
 
         if attr in torchvision_source.all_names():
             return
+    if attr in PRUNEKIT_BUILDERS.get(module, ()):
+        return
     raise _untrusted(label, describe(recipe))
 
 
