@@ -40,7 +40,8 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"backend": "tensorrt"}, "backend 'tensorrt' is not supported"),
         ({"stages": []}, "stages: must be a list"),
         ({"stages": [{"name": "a"}]}, "stage 1: model: is required"),
-        ({"stages": [_stage("a", 0.5, metric="map")]}, "metric 'map' is not supported yet"),
+        ({"stages": [_stage("a", 0.5, metric="map")]}, "metric map needs labelled data"),
+        ({"stages": [_stage("a", 0.5, metric="top5")]}, "metric 'top5' is not known"),
         ({"stages": [_stage("a", 0.5, wieght=1)]}, "did you mean 'weight'"),
         ({"stages": [_stage("a", 0.5), _stage("a", 0.25)]}, "unique"),
         ({"lut_timing": {"min_repeats": "x"}}, "lut_timing"),
@@ -61,7 +62,7 @@ def test_agreement_metric() -> None:
     assert agreement(depth, depth * 1.1) == pytest.approx(0.9)  # 1 - AbsRel
 
 
-def _linear_tables(tmp_path: Path) -> dict[str, str]:
+def _linear_tables(tmp_path: Path, stages: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Latency tables of the two stages, profiled (so their fingerprints are the stages'),
     then given exact, linear times (10 ms dense, each group worth 5 ms / groups at zero
     width): the plan no longer depends on how busy the machine is."""
@@ -70,8 +71,9 @@ def _linear_tables(tmp_path: Path) -> dict[str, str]:
     from prunekit.planning.lut import profile_latency
 
     paths = {}
-    for stage in _spec()["stages"]:
-        loaded = pk.load(stage["model"], input_shapes=[(1, 1, 8, 8)],
+    for stage in stages or _spec()["stages"]:
+        shape = tuple(int(v) for v in stage["input_shape"].split(","))
+        loaded = pk.load(stage["model"], input_shapes=[shape],
                          model_kwargs=stage["model_kwargs"])  # fmt: skip
         lut = profile_latency(loaded.model, loaded.input_spec.make(1), policy=TimingPolicy(**QUICK),
                               blocks=False)  # fmt: skip
@@ -113,7 +115,7 @@ def test_a_two_stage_pipeline(tmp_path: Path) -> None:
     if record["uniform_meets_budget_predicted"]:
         assert record["uniform"]["total_ms_predicted"] <= record["budget_ms"] * 1.0001
     assert 0 < record["uniform_ratio"] < 1
-    assert record["planned"]["stages"][0]["metric_on"].endswith("of the eval part of digits")
+    assert "of the eval part of digits" in record["planned"]["stages"][0]["metric_on"]
     for variant in ("planned", "uniform"):
         for s in record[variant]["stages"]:
             loaded = pk.load(str(tmp_path / "out" / s["artifact"]))
@@ -125,6 +127,52 @@ def test_a_two_stage_pipeline(tmp_path: Path) -> None:
     for name in ("detect", "depth"):
         assert (tmp_path / "out" / name / "lut.json").is_file()
         assert (tmp_path / "out" / name / "sensitivity.json").is_file()
+
+
+def _perception_stage(name: str, factory: str, metric: str, weight: float) -> dict[str, Any]:
+    return {"name": name, "model": f"prunekit.nn.perception:{factory}",
+            "model_kwargs": {"width": 16}, "input_shape": "1,3,48,48", "data": "scenes:8,6",
+            "metric": metric, "weight": weight,
+            "sensitivity": {"samples": 4, "ratios": [0.5], "blocks": False}}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_task_metrics_are_scored_on_held_out_scenes(tmp_path: Path) -> None:
+    """miou and absrel stages: sensitivity in the metric's units (its drop on fit scenes),
+    the held-out scores equal an independent evaluation of the saved artifacts, and the
+    weighted loss is the weighted sum of per-stage degradations (absrel: lower is better)."""
+    import prunekit as pk
+    from prunekit.api.pipeline import run_pipeline
+    from prunekit.data.specs import load_data
+    from prunekit.evaluate.tasks import task_metric
+
+    stages = [_perception_stage("segment", "seg_net", "miou", 1.0),
+              _perception_stage("depth", "depth_net", "absrel", 2.0)]  # fmt: skip
+    tables = _linear_tables(tmp_path, stages)
+    spec = {"budget_fraction": 0.85, "threads": 1, "rounds": 2, "metric_samples": 5,
+            "stages": [{**s, "lut": tables[s["name"]]} for s in stages]}  # fmt: skip
+    record = run_pipeline(spec, tmp_path / "out")
+    items = [load_data("scenes:8,6", image_size=48).eval[i] for i in range(5)]
+    for variant in ("dense", "planned", "uniform"):
+        total = 0.0
+        for row, stage in zip(record[variant]["stages"], stages, strict=True):
+            metric = task_metric(stage["metric"])
+            assert row["metric_name"] == stage["metric"]
+            assert row["higher_is_better"] == (stage["metric"] == "miou")
+            assert row["metric_loss"] == pytest.approx(metric.loss(row["metric_dense"],
+                                                                   row["metric"]))  # fmt: skip
+            total += stage["weight"] * row["metric_loss"]
+            source = (str(tmp_path / "out" / row["artifact"]) if row["artifact"] else
+                      stage["model"])  # fmt: skip
+            loaded = pk.load(source, input_shapes=[(1, 3, 48, 48)],
+                             model_kwargs=None if row["artifact"] else stage["model_kwargs"])  # fmt: skip
+            assert metric.score(loaded.model.eval(), items, 4) == pytest.approx(row["metric"],
+                                                                               rel=1e-5)  # fmt: skip
+            assert "5 of the eval part of scenes:8,6" in row["metric_on"]
+        assert record[variant]["weighted_loss"] == pytest.approx(total)
+    assert record["dense"]["weighted_loss"] == 0.0
+    sens = json.loads((tmp_path / "out" / "depth" / "sensitivity.json").read_text())
+    assert "absrel_drop" in json.dumps(sens)
 
 
 @pytest.mark.slow

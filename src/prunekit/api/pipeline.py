@@ -9,9 +9,13 @@ stages (``planning.pipeline``), the uniform baseline (one ratio for every stage)
 budget, both pruned, and all three pipelines -- dense, planned, uniform -- timed interleaved,
 stage after stage, with each stage's metric against the dense stage on held-out inputs.
 
-Metrics: ``agreement`` (default): the share of positions whose class (argmax over the
-channel dimension: per sample for classifiers, per pixel for segmenters) equals the dense
-model's; for one-channel outputs (depth) ``1 - AbsRel`` against the dense output.
+Metrics (``prunekit.evaluate.tasks``): ``map`` (box mAP@0.5), ``miou``, ``absrel`` (lower is
+better) on labelled data (``data: scenes`` has boxes, masks and depth), or ``module:callable``
+(with ``trust_code: true``). With a task metric, the stage's sensitivity is that metric's drop
+on fit items (never eval), so predicted and measured losses are in the metric's own units and
+``weight`` converts between stages. ``agreement`` (default, no labels needed): the share of
+positions whose class (argmax over the channel dimension) equals the dense model's; for
+one-channel outputs (depth) ``1 - AbsRel`` against the dense output.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ from typing import Any
 
 import torch
 
-from prunekit.errors import InvalidValueError
+from prunekit.errors import DataError, InvalidValueError
+from prunekit.evaluate.tasks import TaskDrop, TaskMetric, agreement, check_labels, task_metric
+
+__all__ = ["PipelineSpecError", "agreement", "parse_pipeline", "run_pipeline"]
 
 TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "batch_size", "threads",
             "rounds", "stages", "metric_samples", "lut_timing"}  # fmt: skip
 STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
               "weight", "lut", "sensitivity", "plan"}  # fmt: skip
-METRICS = ("agreement",)
+METRICS = ("agreement", "map", "miou", "absrel")
 
 
 class PipelineSpecError(InvalidValueError):
@@ -87,9 +94,13 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
         for key in ("name", "model"):
             if not isinstance(stage.get(key), str) or not stage[key]:
                 raise PipelineSpecError(f"{at}: {key}: is required")
-        if stage.get("metric", "agreement") not in METRICS:
-            raise PipelineSpecError(f"{at}: metric {stage['metric']!r} is not supported yet; "
-                                    f"known: {', '.join(METRICS)}")  # fmt: skip
+        metric = stage.get("metric", "agreement")
+        if not isinstance(metric, str) or (metric not in METRICS and ":" not in metric):
+            raise PipelineSpecError(f"{at}: metric {metric!r} is not known; use "
+                                    f"{', '.join(METRICS)} or module:callable")  # fmt: skip
+        if metric != "agreement" and not stage.get("data"):
+            raise PipelineSpecError(f"{at}: metric {metric} needs labelled data (data: scenes, "
+                                    "a segmentation folder, ...)")  # fmt: skip
         weight = stage.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
             raise PipelineSpecError(f"{at}: weight must be a number >= 0, got {weight!r}")
@@ -97,14 +108,6 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
     if len(set(names)) != len(names):
         raise PipelineSpecError(f"{where}: stage names must be unique, got {names}")
     return data
-
-
-def agreement(dense: torch.Tensor, other: torch.Tensor) -> float:
-    """The ``agreement`` metric (module docstring) of ``other`` against ``dense``."""
-    if dense.ndim >= 2 and dense.shape[1] > 1:
-        return float((dense.argmax(1) == other.argmax(1)).float().mean())
-    rel = (other - dense).abs() / dense.abs().clamp_min(1e-6)
-    return float(1 - rel.mean())
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -117,19 +120,39 @@ def _first_tensor(output: Any) -> torch.Tensor:
     raise PipelineSpecError(f"the stage's output ({type(output).__name__}) holds no tensor")
 
 
-def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> tuple[Any, torch.Tensor, str]:
-    """(fit batches for sensitivity, held-out inputs for the metric, where they come from)."""
+def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> dict[str, Any]:
+    """The stage's data: ``data`` (for sensitivity: fit part only), ``held`` (held-out
+    inputs), ``items`` (held-out ``(input, target)`` pairs; None without data), ``held_from``."""
     example = loaded.input_spec.make(1)
     shape = tuple(example.tensors()[0].shape[1:])
     if stage.get("data"):
         from prunekit.api.data import as_data
 
-        data = as_data(stage["data"], example=example)
-        held = torch.stack([data.eval[i][0] for i in range(min(samples, len(data.eval)))])
-        return data, held, f"the first {len(held)} of the eval part of {stage['data']}"
+        try:
+            data = as_data(stage["data"], example=example)
+        except DataError as exc:
+            raise PipelineSpecError(f"stage {stage['name']}: {exc}") from None
+        items = [data.eval[i] for i in range(min(samples, len(data.eval)))]
+        held = torch.stack([x for x, _ in items])
+        return {"data": data, "held": held, "items": items,
+                "held_from": f"the first {len(items)} of the eval part of {stage['data']} "
+                             f"({data.split.eval_from})"}  # fmt: skip
     generator = torch.Generator().manual_seed(1)  # not the sensitivity's seed 0
-    return None, torch.randn((samples, *shape), generator=generator), (
-        f"{samples} seeded random inputs (no data: given)")  # fmt: skip
+    return {"data": None, "held": torch.randn((samples, *shape), generator=generator),
+            "items": None, "held_from": f"{samples} seeded random inputs (no data: given)"}  # fmt: skip
+
+
+def _task_metric(stage: dict[str, Any], inputs: dict[str, Any]) -> TaskMetric | None:
+    """The stage's task metric, checked against its data's labels (None for agreement)."""
+    name = stage.get("metric", "agreement")
+    if name == "agreement":
+        return None
+    try:
+        metric = task_metric(name, trust_code=bool(stage.get("trust_code", False)))
+        check_labels(metric, inputs["items"][0][1], stage["data"])
+    except DataError as exc:
+        raise PipelineSpecError(f"stage {stage['name']}: {exc}") from None
+    return metric
 
 
 def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
@@ -186,11 +209,17 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         except Exception as exc:
             raise PipelineSpecError(f"stage {name}: its model cannot be traced for pruning "
                                     f"({type(exc).__name__}: {exc})") from None  # fmt: skip
-        data, held, held_from = _inputs(stage, loaded, samples)
+        inputs = _inputs(stage, loaded, samples)
+        metric = _task_metric(stage, inputs)
+        config = pk.SensitivityConfig.from_dict(stage.get("sensitivity") or {})
+        drop = None
+        if metric is not None:  # its drop on fit items: sensitivity never sees the eval part
+            fit = inputs["data"].fit
+            drop = TaskDrop(metric, model, [fit[i] for i in range(min(config.samples, len(fit)))])
+            say(f"{name}: {metric.name} {drop.dense:.4f} dense on {len(drop.items)} fit items")
         say(f"{name}: sensitivity")
-        sens = pk.sensitivity(model, example, data=data,
-                              config=pk.SensitivityConfig.from_dict(stage.get("sensitivity") or {}),
-                              model_name=stage["model"])  # fmt: skip
+        sens = pk.sensitivity(model, example, data=inputs["data"], config=config,
+                              model_name=stage["model"], metric=drop)  # fmt: skip
         if stage.get("lut"):
             lut = LatencyTable.load(stage["lut"])
             lut.check_model(model, example, graph, batch_size=batch)
@@ -209,7 +238,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                                      **plan_options))  # fmt: skip
         sizes = {key: g.size for key, g in sens.groups.items()}
         facts[name] = {"loaded": loaded, "model": model, "example": example, "sens": sens,
-                       "lut": lut, "sizes": sizes, "held": held, "held_from": held_from}  # fmt: skip
+                       "lut": lut, "sizes": sizes, "metric": metric, **inputs}  # fmt: skip
     planning_s = time.perf_counter() - started
     dense_variant = {"dense": [(n, f["model"], f["example"]) for n, f in facts.items()]}
     dense_ms = measure_pipelines(dense_variant, rounds=3, threads=threads, device=device)
@@ -246,15 +275,26 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                               "threads": threads, "planning_s": planning_s,
                               "uniform_ratio": ratio,
                               "uniform_meets_budget_predicted": uniform_meets}  # fmt: skip
+
+    def score(name: str, model: torch.nn.Module) -> float:
+        f = facts[name]
+        with torch.no_grad():
+            if f["metric"] is None:
+                return agreement(dense_out[name], _first_tensor(model(f["held"])))
+            return float(f["metric"].score(model, f["items"], 16))
+
     with torch.no_grad():
         dense_out = {n: _first_tensor(f["model"](f["held"])) for n, f in facts.items()}
+    dense_score = {n: score(n, f["model"]) for n, f in facts.items()}
     for variant in ("dense", "planned", "uniform"):
         rows, loss, loss_pred = [], 0.0, 0.0
         for stage in stages:
             f = facts[stage.name]
             model = models[variant][stage.name]
-            with torch.no_grad():
-                value = agreement(dense_out[stage.name], _first_tensor(model(f["held"])))
+            value = dense_score[stage.name] if variant == "dense" else score(stage.name, model)
+            metric = f["metric"]
+            metric_name = "agreement" if metric is None else metric.name
+            lost = (1.0 - value) if metric is None else metric.loss(dense_score[stage.name], value)
             keep = ({} if variant == "dense" else
                     plan.choice[stage.name].plan.keep if variant == "planned"
                     and plan.choice[stage.name].plan is not None else
@@ -265,11 +305,13 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
             macs = (
                 count_macs(model, f["example"]).total / count_macs(f["model"], f["example"]).total
             )
-            loss += stage.weight * (1.0 - value)
+            loss += stage.weight * lost
             loss_pred += stage.weight * predicted_loss(f["sens"], keep)
             rows.append({"name": stage.name, "measured_ms": measured[variant]["stages"][stage.name],
                          "predicted_ms": predicted_ms * dense_total / predicted_dense,
-                         "metric": value, "metric_dense": 1.0, "metric_name": "agreement",
+                         "metric": value, "metric_dense": dense_score[stage.name],
+                         "metric_name": metric_name, "metric_loss": lost, "weight": stage.weight,
+                         "higher_is_better": metric is None or metric.higher_is_better,
                          "metric_on": f["held_from"], "macs_kept": macs,
                          "artifact": None if variant == "dense" else f"{stage.name}/{variant}"})  # fmt: skip
         record[variant] = {"total_ms_measured": measured[variant]["total_ms"],

@@ -64,10 +64,13 @@ def sensitivity(
     cache: str | Path | None = None,
     settings: dict[str, Any] | None = None,
     model_name: str = "",
+    metric: Any = None,
     log: Any = None,
 ) -> Any:
     """Per-group sensitivity (``prunekit.planning.Sensitivity``); the model is left unchanged.
-    ``cache``: a resumable JSON file."""
+    ``cache``: a resumable JSON file. ``metric``: a callable ``model -> drop`` (higher =
+    worse, e.g. ``prunekit.evaluate.tasks.TaskDrop``) measured on the fit part; default: the
+    output divergence from the dense model on ``config.samples`` fit inputs."""
     import torch
 
     from prunekit.api.prune import calibration_inputs
@@ -89,7 +92,8 @@ def sensitivity(
     model.eval()
     try:
         graph = trace_channels(model, example)
-        metric = OutputDivergence(model, batches)
+        if metric is None:
+            metric = OutputDivergence(model, batches)
         recorded = {**(settings or {}), **config.to_dict(),
                     "data": getattr(data, "spec", data) if data is not None else "random inputs"}  # fmt: skip
         return analyze_sensitivity(model, example, graph, metric, ratios=config.ratios,

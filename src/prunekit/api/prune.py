@@ -178,13 +178,18 @@ def calibration_inputs(data: Any, samples: int, example: Any) -> list[Any]:
     if isinstance(data, list):
         return data
 
+    from torch.utils.data import default_collate
+
     from prunekit.api.data import as_data
 
     resolved = as_data(data, example=example)
-    loader = torch.utils.data.DataLoader(resolved.fit, batch_size=min(32, samples), shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    # only the inputs are batched: targets may not stack (a detection set's boxes differ in count)
+    loader = torch.utils.data.DataLoader(
+        resolved.fit, batch_size=min(32, samples), shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        collate_fn=lambda items: default_collate([x for x, _ in items]))  # fmt: skip
     batches, seen = [], 0
-    for x, _ in loader:
+    for x in loader:
         batches.append(x[: samples - seen])
         seen += len(batches[-1])
         if seen >= samples:

@@ -12,7 +12,10 @@ A spec is one of:
   ``test/``) sub-folders those are the split, otherwise a seeded share is held out;
 - a segmentation folder: ``images/`` and ``masks/`` holding files with the same stem, masks as
   PNG class indices (255 = ignore);
-- a text file of sentences, one per line (label-free: embedding fidelity and distillation).
+- a text file of sentences, one per line (label-free: embedding fidelity and distillation);
+- ``scenes`` (or ``scenes:FIT,EVAL``): generated perception scenes with exact boxes, masks
+  and depth (``prunekit.data.scenes``; 2000 fit + 500 eval by default), sized to the model's
+  input; fit and eval scenes use disjoint regions of the photographs.
 
 A prefix (``idx:``, ``images:``, ``segmentation:``, ``sentences:``) forces the kind.
 
@@ -35,21 +38,23 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from prunekit.errors import DataError
 
-BUILT_IN = ("mnist", "fashion-mnist", "digits")
-KINDS = ("idx", "images", "segmentation", "sentences")
+BUILT_IN = ("mnist", "fashion-mnist", "digits", "scenes")
+KINDS = ("idx", "images", "segmentation", "sentences", "scenes")
 TASK_OF_KIND = {
     "builtin": "classification",
     "idx": "classification",
     "images": "classification",
     "segmentation": "segmentation",
     "sentences": "embedding",
+    "scenes": "perception",
 }
+SCENES_DEFAULT = (2000, 500)
 EVAL_FRACTION = 0.2
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 _MNIST_CACHE = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "mnist"
 SPEC_HELP = (  # prunekit.cli._common.DATA_HELP says the same without importing torch
-    "mnist, fashion-mnist, digits, an IDX directory, an ImageFolder directory, a segmentation "
-    "folder (images/ + masks/) or a text file of sentences"
+    "mnist, fashion-mnist, digits, scenes, an IDX directory, an ImageFolder directory, a "
+    "segmentation folder (images/ + masks/) or a text file of sentences"
 )
 
 
@@ -170,6 +175,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """(kind, location) of a spec, without touching the disk beyond existence checks."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"--data needs a data spec: {SPEC_HELP}")
+    if spec == "scenes":
+        return "scenes", ""
     if spec in BUILT_IN:
         return "builtin", spec
     kind, sep, rest = spec.partition(":")
@@ -208,6 +215,8 @@ def load_data(
     cropped to (default 224). Raises ``DataError`` with a one-line reason.
     """
     kind, location = parse_spec(spec)
+    if kind == "scenes":
+        return _scenes(spec, location, seed, image_size or 160)
     if kind == "builtin":
         return _builtin(location, seed)
     if kind == "idx":
@@ -262,6 +271,26 @@ def _builtin(name: str, seed: int) -> Data:
         data = _idx(name, mnist_root(), "the test split of mnist")
     data.kind = "builtin"
     return data
+
+
+def _scenes(spec: str, sizes: str, seed: int, image_size: int) -> Data:
+    from prunekit.data.scenes import CLASSES, SceneSet
+
+    fit_n, eval_n = SCENES_DEFAULT
+    if sizes:
+        try:
+            fit_n, eval_n = (int(v) for v in sizes.split(","))
+        except ValueError:
+            raise DataError(f"--data {spec}: expected scenes:FIT,EVAL (two counts of scenes, "
+                            "e.g. scenes:2000,500)") from None  # fmt: skip
+        if fit_n < 1 or eval_n < 1:
+            raise DataError(f"--data {spec}: both counts must be at least 1")
+    fit = SceneSet(fit_n, seed, size=image_size, split="fit")
+    held = SceneSet(eval_n, seed, size=image_size, split="eval")
+    split = DataSplit(seed, fit_n, eval_n, "generated eval scenes (photo regions disjoint from "
+                      "those of the fit scenes)")  # fmt: skip
+    return Data(spec, "scenes", "perception", fit, held, split, len(CLASSES),
+                (3, image_size, image_size), {"image_size": image_size})  # fmt: skip
 
 
 def _idx(spec: str, root: Path, eval_from: str) -> Data:
