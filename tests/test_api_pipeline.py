@@ -99,7 +99,16 @@ def test_a_two_stage_pipeline(tmp_path: Path) -> None:
     import prunekit as pk
     from prunekit.api.pipeline import run_pipeline
 
-    record = run_pipeline(_with_tables(_linear_tables(tmp_path)), tmp_path / "out")
+    # the tables come from the cache directory (as a second run finds them there)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, path in _linear_tables(tmp_path).items():
+        Path(path).rename(cache / f"{name}.lut.json")
+    record = run_pipeline({**_spec(), "cache": str(cache)}, tmp_path / "out")
+    for name in ("detect", "depth"):
+        assert json.loads((tmp_path / "out" / name / "lut.json").read_text())["base_ms"] == 10.0
+        assert (cache / f"{name}.sensitivity.json").is_file()
+    assert set(record["timings"]) == {"sensitivity_s", "tables_s", "frontiers_s"}
     assert json.loads((tmp_path / "out" / "pipeline.json").read_text()) == json.loads(
         json.dumps(record))  # fmt: skip
     for variant in ("dense", "planned", "uniform"):
@@ -191,6 +200,13 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
     other = {**_spec(), "stages": [_stage("detect", 0.5, lut=tables["depth"])]}
     with pytest.raises(TableMismatchError):
         run_pipeline(other, tmp_path / "c")
+    gpu_table = json.loads(Path(tables["detect"]).read_text())
+    gpu_table["device"].update(type="cuda", name="NVIDIA Jetson Orin")
+    Path(tables["detect"]).write_text(json.dumps(gpu_table))
+    with pytest.raises(PipelineSpecError, match=r"measured on cuda \(NVIDIA Jetson Orin\), but "
+                                                "the pipeline runs on cpu"):  # fmt: skip
+        run_pipeline(_with_tables(tables), tmp_path / "d")
+    assert not (tmp_path / "d").exists()
 
 
 def test_the_command_refuses_bad_files_in_one_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

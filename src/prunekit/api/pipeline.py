@@ -9,6 +9,11 @@ stages (``planning.pipeline``), the uniform baseline (one ratio for every stage)
 budget, both pruned, and all three pipelines -- dense, planned, uniform -- timed interleaved,
 stage after stage, with each stage's metric against the dense stage on held-out inputs.
 
+``cache: DIR`` keeps each stage's sensitivity (resumable, refused when the model, metric
+or sweep differ) and latency table (fingerprint-, batch- and device-checked) between runs, so
+a second run only plans, prunes and measures; ``timings`` in pipeline.json say where the time
+went (``planning_s``: the frontiers, the allocation and the uniform ratio).
+
 Metrics (``prunekit.evaluate.tasks``): ``map`` (box mAP@0.5), ``miou``, ``absrel`` (lower is
 better) on labelled data (``data: scenes`` has boxes, masks and depth), or ``module:callable``
 (with ``trust_code: true``). With a task metric, the stage's sensitivity is that metric's drop
@@ -34,7 +39,7 @@ from prunekit.evaluate.tasks import TaskDrop, TaskMetric, agreement, check_label
 __all__ = ["PipelineSpecError", "agreement", "parse_pipeline", "run_pipeline"]
 
 TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "batch_size", "threads",
-            "rounds", "stages", "metric_samples", "lut_timing"}  # fmt: skip
+            "rounds", "stages", "metric_samples", "lut_timing", "cache"}  # fmt: skip
 STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
               "weight", "lut", "sensitivity", "plan"}  # fmt: skip
 METRICS = ("agreement", "map", "miou", "absrel")
@@ -142,6 +147,16 @@ def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> dict[str, Any]:
             "items": None, "held_from": f"{samples} seeded random inputs (no data: given)"}  # fmt: skip
 
 
+def _check_table_device(stage: str, path: Any, lut: Any, device: str) -> None:
+    """A table measured on another kind of device predicts another machine's latency."""
+    measured = str(lut.device.get("type", "")) or "an unrecorded device"
+    if measured != str(device).split(":")[0]:
+        name = lut.device.get("name")
+        raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured on "
+                                f"{measured}{f' ({name})' if name else ''}, but the pipeline "
+                                f"runs on {device}; profile the stage on {device}")  # fmt: skip
+
+
 def _task_metric(stage: dict[str, Any], inputs: dict[str, Any]) -> TaskMetric | None:
     """The stage's task metric, checked against its data's labels (None for agreement)."""
     name = stage.get("metric", "agreement")
@@ -194,7 +209,10 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     target = check_output_dir(out, "prunekit pipeline", force=force, log=say)
     device, threads = spec.get("device", "cpu"), spec.get("threads")
     batch, samples = int(spec.get("batch_size", 1)), int(spec.get("metric_samples", 64))
-    started = time.perf_counter()
+    cache = Path(spec["cache"]) if spec.get("cache") else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    timings = {"sensitivity_s": 0.0, "tables_s": 0.0, "frontiers_s": 0.0}
     stages, facts = [], {}
     for stage in spec["stages"]:
         name = stage["name"]
@@ -218,17 +236,28 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
             drop = TaskDrop(metric, model, [fit[i] for i in range(min(config.samples, len(fit)))])
             say(f"{name}: {metric.name} {drop.dense:.4f} dense on {len(drop.items)} fit items")
         say(f"{name}: sensitivity")
+        clock = time.perf_counter()
         sens = pk.sensitivity(model, example, data=inputs["data"], config=config,
-                              model_name=stage["model"], metric=drop)  # fmt: skip
-        if stage.get("lut"):
-            lut = LatencyTable.load(stage["lut"])
+                              model_name=stage["model"], metric=drop,
+                              cache=cache / f"{name}.sensitivity.json" if cache else None)  # fmt: skip
+        timings["sensitivity_s"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        cached = cache / f"{name}.lut.json" if cache else None
+        table_file = stage.get("lut") or (cached if cached and cached.is_file() else None)
+        if table_file:
+            lut = LatencyTable.load(table_file)
             lut.check_model(model, example, graph, batch_size=batch)
+            _check_table_device(name, table_file, lut, device)
         else:
             say(f"{name}: latency table ({device}, batch {batch})")
             lut = profile_latency(model, example, graph, device=device, batch_size=batch,
                                   threads=threads, model_name=stage["model"], blocks=False,
                                   policy=TimingPolicy(**spec["lut_timing"])
                                   if spec.get("lut_timing") else None)  # fmt: skip
+            if cached is not None:
+                lut.save(cached)
+        timings["tables_s"] += time.perf_counter() - clock
+        clock = time.perf_counter()
         plan_options: dict[str, Any] = {
             "round_to": int((stage.get("plan") or {}).get("round_to", 1)),
             "blocks": False,
@@ -236,10 +265,10 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         stages.append(stage_frontier(name, model, example, sens, lut, graph=graph,
                                      weight=float(stage.get("weight", 1.0)), log=say,
                                      **plan_options))  # fmt: skip
+        timings["frontiers_s"] += time.perf_counter() - clock
         sizes = {key: g.size for key, g in sens.groups.items()}
         facts[name] = {"loaded": loaded, "model": model, "example": example, "sens": sens,
                        "lut": lut, "sizes": sizes, "metric": metric, **inputs}  # fmt: skip
-    planning_s = time.perf_counter() - started
     dense_variant = {"dense": [(n, f["model"], f["example"]) for n, f in facts.items()]}
     dense_ms = measure_pipelines(dense_variant, rounds=3, threads=threads, device=device)
     dense_total = dense_ms["dense"]["total_ms"]
@@ -249,9 +278,12 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     budget_pred = budget_ms * predicted_dense / dense_total
     say(f"budget {budget_ms:.3f} ms per frame (dense pipeline {dense_total:.3f} ms measured, "
         f"{predicted_dense:.3f} ms predicted)")  # fmt: skip
+    clock = time.perf_counter()
     plan = allocate(stages, budget_pred)
     ratio, uniform_pred, uniform_meets = uniform_ratio(
         {n: (f["sizes"], f["lut"]) for n, f in facts.items()}, budget_pred)  # fmt: skip
+    # planning proper: frontiers + allocation + uniform ratio (sensitivity and tables apart)
+    planning_s = timings["frontiers_s"] + time.perf_counter() - clock
     if not uniform_meets:
         say(f"no uniform ratio meets the budget in prediction: the uniform baseline uses the "
             f"fastest predicted, {ratio:.0%}")  # fmt: skip
@@ -273,6 +305,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     record: dict[str, Any] = {"budget_ms": budget_ms, "budget_predicted_ms": budget_pred,
                               "device": device, "backend": "eager", "batch_size": batch,
                               "threads": threads, "planning_s": planning_s,
+                              "timings": {k: round(v, 3) for k, v in timings.items()},
                               "uniform_ratio": ratio,
                               "uniform_meets_budget_predicted": uniform_meets}  # fmt: skip
 
