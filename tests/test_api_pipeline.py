@@ -4,6 +4,7 @@ no widths reach, or a latency table of another model, refused in one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,13 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"budget_ms": 10}, "exactly one of budget_ms"),
         ({"budget_fraction": 1.5}, "at most 1"),
         ({"budget_fraction": -1}, "positive number"),
-        ({"backend": "tensorrt"}, "backend 'tensorrt' is not supported"),
+        ({"backend": "onnxruntime"}, "backend 'onnxruntime' is not supported"),
+        (
+            {"backend": "tensorrt"},
+            "backend tensorrt needs TensorRT, which is not installed"
+            if importlib.util.find_spec("tensorrt") is None
+            else "not supported",
+        ),
         ({"stages": []}, "stages: must be a list"),
         ({"stages": [{"name": "a"}]}, "stage 1: model: is required"),
         ({"stages": [_stage("a", 0.5, metric="map")]}, "metric map needs labelled data"),

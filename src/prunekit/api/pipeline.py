@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,13 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
                 raise PipelineSpecError(f"{where}: {key} must be a positive number, got {value!r}")
     if data.get("budget_fraction", 0.5) > 1:
         raise PipelineSpecError(f"{where}: budget_fraction must be at most 1")
-    if data.get("backend", "eager") != "eager":
-        raise PipelineSpecError(f"{where}: backend {data['backend']!r} is not supported by "
+    backend = data.get("backend", "eager")
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise PipelineSpecError(f"{where}: backend tensorrt needs TensorRT, which is not "
+                                "installed here (NVIDIA GPUs: pip install tensorrt; Jetson: "
+                                "it comes with JetPack)")  # fmt: skip
+    if backend != "eager":
+        raise PipelineSpecError(f"{where}: backend {backend!r} is not supported by "
                                 "prunekit pipeline yet (eager only)")  # fmt: skip
     timing = data.get("lut_timing")
     if timing is not None:
