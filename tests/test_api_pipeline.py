@@ -50,6 +50,10 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"stages": [_stage("a", 0.5, metric="map")]}, "metric map needs labelled data"),
         ({"stages": [_stage("a", 0.5, metric="top5")]}, "metric 'top5' is not known"),
         ({"stages": [_stage("a", 0.5, wieght=1)]}, "did you mean 'weight'"),
+        (
+            {"stages": [_stage("a", 0.5, plan={"block": True})]},
+            "plan: unknown key 'block' \\(did you mean 'blocks'",
+        ),
         ({"stages": [_stage("a", 0.5), _stage("a", 0.25)]}, "unique"),
         ({"lut_timing": {"min_repeats": "x"}}, "lut_timing"),
     ],

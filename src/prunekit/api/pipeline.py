@@ -112,6 +112,10 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
         if metric != "agreement" and not stage.get("data"):
             raise PipelineSpecError(f"{at}: metric {metric} needs labelled data (data: scenes, "
                                     "a segmentation folder, ...)")  # fmt: skip
+        plan = stage.get("plan") or {}
+        if not isinstance(plan, dict):
+            raise PipelineSpecError(f"{at}: plan: expected a mapping (round_to:, blocks:)")
+        _unknown(plan, {"round_to", "blocks"}, f"{at}: plan")
         weight = stage.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
             raise PipelineSpecError(f"{at}: weight must be a number >= 0, got {weight!r}")
@@ -248,6 +252,9 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                               cache=cache / f"{name}.sensitivity.json" if cache else None)  # fmt: skip
         timings["sensitivity_s"] += time.perf_counter() - clock
         clock = time.perf_counter()
+        # dropping whole residual blocks (where the sensitivity measured them) is what buys
+        # latency on small inputs, where per-layer overheads outweigh the channels' MACs
+        blocks = bool((stage.get("plan") or {}).get("blocks", config.blocks))
         cached = cache / f"{name}.lut.json" if cache else None
         table_file = stage.get("lut") or (cached if cached and cached.is_file() else None)
         if table_file:
@@ -257,7 +264,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         else:
             say(f"{name}: latency table ({device}, batch {batch})")
             lut = profile_latency(model, example, graph, device=device, batch_size=batch,
-                                  threads=threads, model_name=stage["model"], blocks=False,
+                                  threads=threads, model_name=stage["model"], blocks=blocks,
                                   policy=TimingPolicy(**spec["lut_timing"])
                                   if spec.get("lut_timing") else None)  # fmt: skip
             if cached is not None:
@@ -266,7 +273,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         clock = time.perf_counter()
         plan_options: dict[str, Any] = {
             "round_to": int((stage.get("plan") or {}).get("round_to", 1)),
-            "blocks": False,
+            "blocks": blocks,
         }
         stages.append(stage_frontier(name, model, example, sens, lut, graph=graph,
                                      weight=float(stage.get("weight", 1.0)), log=say,
@@ -345,7 +352,8 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                 count_macs(model, f["example"]).total / count_macs(f["model"], f["example"]).total
             )
             loss += stage.weight * lost
-            loss_pred += stage.weight * predicted_loss(f["sens"], keep)
+            loss_pred += stage.weight * (plan.choice[stage.name].loss if variant == "planned"
+                                         else predicted_loss(f["sens"], keep))  # fmt: skip
             rows.append({"name": stage.name, "measured_ms": measured[variant]["stages"][stage.name],
                          "predicted_ms": predicted_ms * dense_total / predicted_dense,
                          "metric": value, "metric_dense": dense_score[stage.name],
