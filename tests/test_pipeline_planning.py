@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -159,3 +159,28 @@ def test_two_real_models_planned_against_one_budget() -> None:
         pk.prune_(pruned, example, pk.PlanPruning(plan=point.plan))
         with torch.no_grad():
             assert pruned(example.args[0]).shape == model(example.args[0]).shape
+
+
+def test_measured_savings_rescale_a_stage() -> None:
+    from prunekit.planning.pipeline import CorrectedTable, corrected_stage, savings_efficiency
+
+    # predicted 10 -> 4 ms (6 saved, table scale 1), measured 10 -> 8.5: a quarter of it
+    assert savings_efficiency(10.0, 8.5, 10.0, 4.0) == pytest.approx(0.25)
+    assert savings_efficiency(10.0, 9.9, 10.0, 9.9) == 1.0  # nothing predicted: no evidence
+    assert savings_efficiency(10.0, 12.0, 10.0, 4.0) == 0.05  # slower than dense: the floor
+    stage = _stage("s", [(2.0, 0.3), (3.0, 0.1), (5.0, 0.0)])
+    fixed = corrected_stage(stage, dense_measured=10.0, efficiency=0.5, scale=2.0)
+    # saving (5 - ms) table ms = 2 (5 - ms) measured ms, half of it found: 10 - (5 - ms)
+    assert [p.ms for p in fixed.points] == pytest.approx([7.0, 8.0, 10.0])
+    assert [p.loss for p in fixed.points] == [0.3, 0.1, 0.0] and fixed.dense_ms == 10.0
+
+    class Table:
+        groups: ClassVar[dict[str, None]] = {"g": None}
+
+        def predict(self, kept: Any, dropped: Any = ()) -> float:
+            return 1.0 + kept.get("g", 1000) / 1000 * 4  # 5 ms dense, 1 ms at zero width
+
+    table = CorrectedTable(Table(), dense_measured=6.0, efficiency=0.5, scale=1.0)
+    assert table.predict({"g": 500}) == pytest.approx(6.0 - 0.5 * 2.0)
+    ratio, ms, meets = uniform_ratio({"s": ({"g": 1000}, table)}, 5.0)
+    assert meets and ratio == pytest.approx(0.5, abs=0.01) and ms["s"] <= 5.0

@@ -40,7 +40,7 @@ from prunekit.evaluate.tasks import TaskDrop, TaskMetric, agreement, check_label
 __all__ = ["PipelineSpecError", "agreement", "parse_pipeline", "run_pipeline"]
 
 TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "batch_size", "threads",
-            "rounds", "stages", "metric_samples", "lut_timing", "cache"}  # fmt: skip
+            "rounds", "stages", "metric_samples", "lut_timing", "cache", "replan"}  # fmt: skip
 STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
               "weight", "lut", "sensitivity", "plan"}  # fmt: skip
 METRICS = ("agreement", "map", "miou", "absrel")
@@ -197,9 +197,13 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     from prunekit.measure.macs import count_macs
     from prunekit.planning.lut import LatencyTable, profile_latency
     from prunekit.planning.pipeline import (
+        CorrectedTable,
+        PipelineError,
         allocate,
+        corrected_stage,
         measure_pipelines,
         predicted_loss,
+        savings_efficiency,
         stage_frontier,
         uniform_ratio,
     )
@@ -293,34 +297,104 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         f"{predicted_dense:.3f} ms predicted)")  # fmt: skip
     clock = time.perf_counter()
     plan = allocate(stages, budget_pred)
-    ratio, uniform_pred, uniform_meets = uniform_ratio(
+    ratio, _, uniform_meets = uniform_ratio(
         {n: (f["sizes"], f["lut"]) for n, f in facts.items()}, budget_pred)  # fmt: skip
     # planning proper: frontiers + allocation + uniform ratio (sensitivity and tables apart)
     planning_s = timings["frontiers_s"] + time.perf_counter() - clock
     if not uniform_meets:
         say(f"no uniform ratio meets the budget in prediction: the uniform baseline uses the "
             f"fastest predicted, {ratio:.0%}")  # fmt: skip
-    models: dict[str, dict[str, Any]] = {"dense": {}, "planned": {}, "uniform": {}}
-    for name, f in facts.items():
-        models["dense"][name] = f["model"]
-        planned = copy.deepcopy(f["model"])
-        point = plan.choice[name]
-        if point.plan is not None:
-            pk.prune_(planned, f["example"], pk.PlanPruning(plan=point.plan))
-        models["planned"][name] = planned
-        uniform = copy.deepcopy(f["model"])
-        if ratio > 0:
-            pk.prune_(uniform, f["example"], pk.StructuredPruning(ratio=ratio))
-        models["uniform"][name] = uniform
-    variants = {v: [(n, m, facts[n]["example"]) for n, m in ms.items()] for v, ms in models.items()}
-    measured = measure_pipelines(variants, rounds=int(spec.get("rounds", 5)), threads=threads,
+    scale = dense_total / predicted_dense  # measured ms per table ms
+
+    def planned_models(allocation: Any) -> dict[str, Any]:
+        out = {}
+        for name, f in facts.items():
+            out[name] = copy.deepcopy(f["model"])
+            point = allocation.choice[name]
+            if point.plan is not None:
+                pk.prune_(out[name], f["example"], pk.PlanPruning(plan=point.plan))
+        return out
+
+    def uniform_models(fraction: float) -> dict[str, Any]:
+        out = {}
+        for name, f in facts.items():
+            out[name] = copy.deepcopy(f["model"])
+            if fraction > 0:
+                pk.prune_(out[name], f["example"], pk.StructuredPruning(ratio=fraction))
+        return out
+
+    def uniform_table_ms(name: str, fraction: float) -> float:
+        f = facts[name]
+        kept = {k: max(1, round(n * (1 - fraction))) for k, n in f["sizes"].items()
+                if k in f["lut"].groups}  # fmt: skip
+        return float(f["lut"].predict(kept))
+
+    def table_ms(stage: Any, point: Any) -> float:
+        return (
+            float(point.plan.achieved["latency_ms"]) if point.plan is not None else stage.dense_ms
+        )
+
+    def measure(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        variants = {v: [(n, m, facts[n]["example"]) for n, m in ms.items()]
+                    for v, ms in models.items()}  # fmt: skip
+        return measure_pipelines(variants, rounds=int(spec.get("rounds", 5)), threads=threads,
                                  device=device)  # fmt: skip
+
+    models: dict[str, dict[str, Any]] = {
+        "dense": {n: f["model"] for n, f in facts.items()},
+        "planned": planned_models(plan),
+        "uniform": uniform_models(ratio),
+    }
+    measured = measure(models)
+    # measured, then corrected: where a pipeline misses the budget as measured, rescale each
+    # stage's predicted savings by the share the measurement found and allocate again
+    replans: list[dict[str, Any]] = []
+    for attempt in range(int(spec.get("replan", 2))):
+        limit = budget_ms * 1.03
+        redo = [v for v in ("planned", "uniform") if measured[v]["total_ms"] > limit]
+        if not redo:
+            break
+        dense_stage = measured["dense"]["stages"]
+        step: dict[str, Any] = {"attempt": attempt + 1, **{
+            f"{v}_ms_measured": measured[v]["total_ms"] for v in ("planned", "uniform")}}  # fmt: skip
+        if "planned" in redo:
+            eff = {st.name: savings_efficiency(dense_stage[st.name],
+                                               measured["planned"]["stages"][st.name],
+                                               st.dense_ms * scale,
+                                               table_ms(st, plan.choice[st.name]) * scale)
+                   for st in stages}  # fmt: skip
+            corrected = [corrected_stage(st, dense_stage[st.name], eff[st.name], scale)
+                         for st in stages]  # fmt: skip
+            try:
+                plan = allocate(corrected, budget_ms)
+            except PipelineError:
+                plan = allocate(corrected, sum(c.fastest.ms for c in corrected) * (1 + 1e-9))
+                step["note"] = "the budget cannot be met as measured: the fastest corrected plans"
+            step["planned_efficiency"] = eff
+            models["planned"] = planned_models(plan)
+        if "uniform" in redo:
+            eff = {n: savings_efficiency(dense_stage[n], measured["uniform"]["stages"][n],
+                                         float(f["lut"].predict({})) * scale,
+                                         uniform_table_ms(n, ratio) * scale)
+                   for n, f in facts.items()}  # fmt: skip
+            ratio, _, uniform_meets = uniform_ratio(
+                {n: (f["sizes"], CorrectedTable(f["lut"], dense_stage[n], eff[n], scale))
+                 for n, f in facts.items()}, budget_ms)  # fmt: skip
+            step["uniform_efficiency"], step["uniform_ratio"] = eff, ratio
+            models["uniform"] = uniform_models(ratio)
+        over = ", ".join(f"{v} {measured[v]['total_ms']:.2f} ms" for v in redo)
+        say(f"replan {attempt + 1}: over the budget of {budget_ms:.2f} ms as measured ({over})")
+        replans.append(step)
+        measured = measure(models)
     record: dict[str, Any] = {"budget_ms": budget_ms, "budget_predicted_ms": budget_pred,
                               "device": device, "backend": "eager", "batch_size": batch,
                               "threads": threads, "planning_s": planning_s,
                               "timings": {k: round(v, 3) for k, v in timings.items()},
                               "uniform_ratio": ratio,
-                              "uniform_meets_budget_predicted": uniform_meets}  # fmt: skip
+                              "uniform_meets_budget_predicted": uniform_meets,
+                              "replans": replans,
+                              "budget_met_measured": measured["planned"]["total_ms"]
+                              <= budget_ms * 1.03}  # fmt: skip
 
     def score(name: str, model: torch.nn.Module) -> float:
         f = facts[name]
@@ -346,8 +420,9 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                     and plan.choice[stage.name].plan is not None else
                     {} if variant == "planned" else
                     {k: max(1, round(n * (1 - ratio))) for k, n in f["sizes"].items()})  # fmt: skip
-            predicted_ms = {"dense": stage.dense_ms, "planned": plan.choice[stage.name].ms,
-                            "uniform": uniform_pred[stage.name]}[variant]  # fmt: skip
+            predicted_ms = {"dense": stage.dense_ms,
+                            "planned": table_ms(stage, plan.choice[stage.name]),
+                            "uniform": uniform_table_ms(stage.name, ratio)}[variant]  # fmt: skip
             macs = (
                 count_macs(model, f["example"]).total / count_macs(f["model"], f["example"]).total
             )
