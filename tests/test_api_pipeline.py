@@ -56,6 +56,9 @@ def _spec(**top: Any) -> dict[str, Any]:
         ),
         ({"stages": [_stage("a", 0.5), _stage("a", 0.25)]}, "unique"),
         ({"lut_timing": {"min_repeats": "x"}}, "lut_timing"),
+        ({"replan": -1}, "replan must be an integer >= 0, got -1"),
+        ({"rounds": 0}, "rounds must be an integer >= 1"),
+        ({"threads": "2"}, "threads must be an integer >= 1, got '2'"),
     ],
 )
 def test_the_pipeline_file_is_checked_key_by_key(change: dict[str, Any], message: str) -> None:

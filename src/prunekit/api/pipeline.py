@@ -82,6 +82,12 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
     if backend != "eager":
         raise PipelineSpecError(f"{where}: backend {backend!r} is not supported by "
                                 "prunekit pipeline yet (eager only)")  # fmt: skip
+    for key in ("replan", "rounds", "metric_samples", "batch_size", "threads"):
+        value = data.get(key)
+        low = 0 if key == "replan" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):  # fmt: skip
+            raise PipelineSpecError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
     timing = data.get("lut_timing")
     if timing is not None:
         from prunekit.measure.latency import TimingPolicy
