@@ -128,9 +128,14 @@ def _absrel(model: nn.Module, items: Items, batch_size: int) -> float:
 
 
 def _first(output: Any) -> torch.Tensor:
-    from prunekit.planning.sensitivity import _first_tensor
-
-    return _first_tensor(output)
+    """A depth model's prediction: the output itself, or the first tensor of a dict / tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output
+    for value in values if isinstance(values, (list, tuple, type({}.values()))) else ():
+        if isinstance(value, torch.Tensor):
+            return value
+    raise DataError(f"metric absrel: the model returns {type(output).__name__}, not a depth map")
 
 
 def agreement(dense: torch.Tensor, other: torch.Tensor) -> float:
