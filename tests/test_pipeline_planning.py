@@ -164,12 +164,10 @@ def test_two_real_models_planned_against_one_budget() -> None:
 def test_measured_savings_rescale_a_stage() -> None:
     from prunekit.planning.pipeline import CorrectedTable, corrected_stage, savings_efficiency
 
-    # predicted 6 ms saved, measured 1.5: a quarter of it
-    assert savings_efficiency([(6.0, 1.5)]) == pytest.approx(0.25)
-    assert savings_efficiency([]) == 1.0  # no evidence
-    assert savings_efficiency([(6.0, -2.0)]) == 0.05  # slower than dense: the floor
-    # pooled: the least-squares slope through the origin, (2*1 + 4*1) / (4 + 16)
-    assert savings_efficiency([(2.0, 1.0), (4.0, 1.0)]) == pytest.approx(0.3)
+    # predicted 10 -> 4 ms (6 saved, table scale 1), measured 10 -> 8.5: a quarter of it
+    assert savings_efficiency(10.0, 8.5, 10.0, 4.0) == pytest.approx(0.25)
+    assert savings_efficiency(10.0, 9.9, 10.0, 9.9) == 1.0  # nothing predicted: no evidence
+    assert savings_efficiency(10.0, 12.0, 10.0, 4.0) == 0.05  # slower than dense: the floor
     stage = _stage("s", [(2.0, 0.3), (3.0, 0.1), (5.0, 0.0)])
     fixed = corrected_stage(stage, dense_measured=10.0, efficiency=0.5, scale=2.0)
     # saving (5 - ms) table ms = 2 (5 - ms) measured ms, half of it found: 10 - (5 - ms)

@@ -355,31 +355,20 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     # measured, then corrected: where a pipeline misses the budget as measured, rescale each
     # stage's predicted savings by the share the measurement found and allocate again
     replans: list[dict[str, Any]] = []
-    history: dict[str, list[tuple[float, float]]] = {st.name: [] for st in stages}
-
-    def observe() -> None:
-        """(predicted, measured) savings of this measurement's pruned stages, measured ms."""
-        dense_stage = measured["dense"]["stages"]
-        for st in stages:
-            predicted = {"planned": table_ms(st, plan.choice[st.name]),
-                         "uniform": uniform_table_ms(st.name, ratio)}  # fmt: skip
-            for variant, ms in predicted.items():
-                saving = (st.dense_ms - ms) * scale
-                if saving > 0.02 * st.dense_ms * scale:  # else no evidence either way
-                    found = dense_stage[st.name] - measured[variant]["stages"][st.name]
-                    history[st.name].append((saving, found))
-
-    for attempt in range(int(spec.get("replan", 3))):
+    for attempt in range(int(spec.get("replan", 2))):
         limit = budget_ms * 1.03
         redo = [v for v in ("planned", "uniform") if measured[v]["total_ms"] > limit]
         if not redo:
             break
-        observe()
         dense_stage = measured["dense"]["stages"]
-        eff = {name: savings_efficiency(pairs) for name, pairs in history.items()}
-        step: dict[str, Any] = {"attempt": attempt + 1, "efficiency": eff, **{
+        step: dict[str, Any] = {"attempt": attempt + 1, **{
             f"{v}_ms_measured": measured[v]["total_ms"] for v in ("planned", "uniform")}}  # fmt: skip
         if "planned" in redo:
+            eff = {st.name: savings_efficiency(dense_stage[st.name],
+                                               measured["planned"]["stages"][st.name],
+                                               st.dense_ms * scale,
+                                               table_ms(st, plan.choice[st.name]) * scale)
+                   for st in stages}  # fmt: skip
             corrected = [corrected_stage(st, dense_stage[st.name], eff[st.name], scale)
                          for st in stages]  # fmt: skip
             try:
@@ -387,12 +376,17 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
             except PipelineError:
                 plan = allocate(corrected, sum(c.fastest.ms for c in corrected) * (1 + 1e-9))
                 step["note"] = "the budget cannot be met as measured: the fastest corrected plans"
+            step["planned_efficiency"] = eff
             models["planned"] = planned_models(plan)
         if "uniform" in redo:
+            eff = {n: savings_efficiency(dense_stage[n], measured["uniform"]["stages"][n],
+                                         float(f["lut"].predict({})) * scale,
+                                         uniform_table_ms(n, ratio) * scale)
+                   for n, f in facts.items()}  # fmt: skip
             ratio, _, uniform_meets = uniform_ratio(
                 {n: (f["sizes"], CorrectedTable(f["lut"], dense_stage[n], eff[n], scale))
                  for n, f in facts.items()}, budget_ms)  # fmt: skip
-            step["uniform_ratio"] = ratio
+            step["uniform_efficiency"], step["uniform_ratio"] = eff, ratio
             models["uniform"] = uniform_models(ratio)
         over = ", ".join(f"{v} {measured[v]['total_ms']:.2f} ms" for v in redo)
         say(f"replan {attempt + 1}: over the budget of {budget_ms:.2f} ms as measured ({over})")
