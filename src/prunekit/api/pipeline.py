@@ -194,10 +194,9 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     import json
     import time
 
-    import yaml
-
     import prunekit as pk
     from prunekit._outputs import check_output_dir
+    from prunekit._utils import read_yaml
     from prunekit.graph import trace_channels
     from prunekit.measure.latency import TimingPolicy
     from prunekit.measure.macs import count_macs
@@ -216,14 +215,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
 
     say = log or (lambda _: None)
     if not isinstance(spec, dict):
-        path = Path(spec)
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise PipelineSpecError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise PipelineSpecError(f"{path} is not valid YAML: {exc}") from None
-        spec = parse_pipeline(spec, str(path))
+        spec = parse_pipeline(read_yaml(spec, PipelineSpecError), str(spec))
     else:
         spec = parse_pipeline(spec)
     target = check_output_dir(out, "prunekit pipeline", force=force, log=say)

@@ -141,15 +141,10 @@ def parse_cost(text: str) -> CostSpec:
 
 def load_cost_file(path: str | Path) -> list[CostSpec]:
     """A YAML or JSON file: one mapping of cost keys, a list of them, or ``{gpus: [...]}``."""
-    import yaml
+    from prunekit._utils import read_yaml
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CostSpecError(f"cannot read the cost file {p}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise CostSpecError(f"{p} is not valid YAML/JSON: {exc}") from None
+    data = read_yaml(p, CostSpecError, what="the cost file ", kind="YAML/JSON")
     if isinstance(data, Mapping) and "gpus" in data:
         data = data["gpus"]
     entries = [data] if isinstance(data, Mapping) else data
