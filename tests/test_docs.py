@@ -125,7 +125,7 @@ def test_command_reference_covers_every_command() -> None:
     names = [name for name, _ in commands(build_parser())]
     assert names == [
         "demo", "run", "analyze", "bench", "sensitivity", "profile", "plan", "prune",
-        "finetune", "evaluate", "export", "pipeline", "mcu", "report", "models",
+        "finetune", "evaluate", "export", "sparsify", "pipeline", "mcu", "report", "models",
     ]  # fmt: skip
     text = generate()
     for name in names:

@@ -8,7 +8,7 @@ The front door is one verb per action (``import prunekit as pk``)::
     pk.evaluate(loaded.model, "fashion-mnist")         # on the held-out split, says which
     pk.save(loaded.model, "out/")                      # the rebuild recipe is inferred
 
-plus ``pk.sensitivity``, ``pk.plan``, ``pk.compress_for_mcu``, ``pk.load_data`` (data specs)
+plus ``pk.sensitivity``, ``pk.plan``, ``pk.sparsify_`` (unstructured / N:M sparsity), ``pk.compress_for_mcu``, ``pk.load_data`` (data specs)
 and ``pk.write_report`` (the management report).
 
 The public API is imported lazily so that ``import prunekit`` (and ``prunekit --help``) stays
@@ -37,6 +37,7 @@ _LAZY = {
     "PlanPruning": "prunekit.api",
     "RecoverConfig": "prunekit.api",
     "SensitivityConfig": "prunekit.api",
+    "SparsifyConfig": "prunekit.api",
     "StructuredPruning": "prunekit.api",
     "TargetPruning": "prunekit.api",
     "TransformerPruning": "prunekit.api",
@@ -49,6 +50,7 @@ _LAZY = {
     "recover_": "prunekit.api",
     "save": "prunekit.api",
     "sensitivity": "prunekit.api",
+    "sparsify_": "prunekit.api",
     "write_report": "prunekit.api",
 }
 
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         PlanPruning,
         RecoverConfig,
         SensitivityConfig,
+        SparsifyConfig,
         StructuredPruning,
         TargetPruning,
         TransformerPruning,
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
         recover_,
         save,
         sensitivity,
+        sparsify_,
         write_report,
     )
     from prunekit.evaluate import evaluate_classification
@@ -88,6 +92,7 @@ __all__ = [
     "PlanPruning",
     "RecoverConfig",
     "SensitivityConfig",
+    "SparsifyConfig",
     "StructuredPruning",
     "TargetPruning",
     "TransformerPruning",
@@ -107,6 +112,7 @@ __all__ = [
     "recover_",
     "save",
     "sensitivity",
+    "sparsify_",
     "write_report",
 ]
 

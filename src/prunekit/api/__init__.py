@@ -16,6 +16,7 @@ from prunekit.api.planning import PlanConfig, SensitivityConfig, plan, sensitivi
 from prunekit.api.prune import PlanPruning, TargetPruning, prune_
 from prunekit.api.recover import RecoverConfig, recover_
 from prunekit.api.reporting import write_report
+from prunekit.api.sparsify import SparsifyConfig, sparsify_
 from prunekit.pruning.config import StructuredPruning
 from prunekit.pruning.transformer import TransformerPruning
 
@@ -25,6 +26,7 @@ __all__ = [
     "PlanPruning",
     "RecoverConfig",
     "SensitivityConfig",
+    "SparsifyConfig",
     "StructuredPruning",
     "TargetPruning",
     "TransformerPruning",
@@ -37,5 +39,6 @@ __all__ = [
     "recover_",
     "save",
     "sensitivity",
+    "sparsify_",
     "write_report",
 ]

@@ -124,12 +124,14 @@ def recover_(
     record: dict[str, Any] | None = None,
     on_step: Any = None,
     log: Any = None,
+    eligible: Any = None,
 ) -> None:
     """Fine-tune ``model`` in place on ``data``'s fit part (returns None; see the module
     docstring). ``example``: a model input, to shape the data (defaults to one data item).
     ``checkpoint_dir``: checkpoints after every epoch (and on the clock's stop);
     ``resume=True`` continues from them. ``record`` is filled with the history, what stopped
-    training, the split and the validation metric per epoch."""
+    training, the split and the validation metric per epoch. ``eligible()`` False at an
+    epoch's end keeps that epoch from being chosen as the best (a schedule still running)."""
     from prunekit._checks import check_module
     from prunekit.api.data import as_data
     from prunekit.errors import DataError
@@ -186,6 +188,7 @@ def recover_(
         on_step=on_step,
         log=log,
         loss=loss,
+        eligible=eligible,
     )
     model.eval()
     if record is not None:

@@ -33,6 +33,7 @@ from prunekit._version import __version__
 from prunekit.artifact._attributes import decode, diff_modules
 from prunekit.artifact._manifest import (
     EXTRA,
+    FILES,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -127,11 +128,14 @@ def save(
     input_spec: InputSpec | None = None,
     task: str = "unknown",
     extra_files: dict[str, Any] | None = None,
+    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
     force: bool = False,
 ) -> Path:
     """Save ``model`` (pruned or not) as an artifact directory; ``recipe`` builds its original.
 
-    ``extra_files`` maps file names to JSON-able objects written beside (e.g. ``prune.json``).
+    ``extra_files`` maps file names to JSON-able objects written beside (e.g. ``prune.json``);
+    ``tensor_files`` maps file names to tensors saved as safetensors beside (e.g. the packed
+    ``sparse.safetensors`` of ``prunekit sparsify``), listed in the manifest with their hash.
     Before anything is written, the manifest is checked to rebuild ``model``'s structure: a
     recipe that builds another architecture is refused instead of saved unloadable.
     """
@@ -151,6 +155,9 @@ def save(
         if isinstance(directory, OutputDir)
         else check_output_dir(directory, SAVE_COMMAND, force=force, option="directory")
     )
+    unknown = sorted(set(tensor_files or {}) - set(FILES))
+    if unknown:
+        raise ArtifactError(f"an artifact holds no file named {unknown[0]!r}; known: {FILES}")
     recipe = with_relative_file(recipe, target.path)
     original = build_original(recipe, trust_code=True, say=lambda _: None)  # built once
     manifest = manifest_for(model, recipe, input_spec, task, original)
@@ -168,6 +175,12 @@ def save(
             manifest["files"][EXTRA] = {
                 "sha256": sha256_file(tmp / EXTRA),
                 "bytes": (tmp / EXTRA).stat().st_size,
+            }
+        for name, tensors in (tensor_files or {}).items():
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / name))
+            manifest["files"][name] = {
+                "sha256": sha256_file(tmp / name),
+                "bytes": (tmp / name).stat().st_size,
             }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         for name, data in (extra_files or {}).items():

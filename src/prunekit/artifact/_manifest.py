@@ -14,7 +14,8 @@ from prunekit.errors import PrunekitError
 MANIFEST = "prunekit.json"
 WEIGHTS = "model.safetensors"
 EXTRA = "buffers.safetensors"  # non-persistent buffers, which state_dict leaves out
-FILES = (WEIGHTS, EXTRA)  # the only files an artifact's manifest may list
+SPARSE = "sparse.safetensors"  # sparse tensors bit-packed (prunekit sparsify), beside the dense
+FILES = (WEIGHTS, EXTRA, SPARSE)  # the only files an artifact's manifest may list
 FORMAT = "prunekit-artifact"
 FORMAT_VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -33,11 +33,12 @@ from prunekit.cli import (
     recipe,
     report,
     sensitivity,
+    sparsify,
 )
 
 COMMANDS = (
     demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, export,
-    pipeline, mcu, report, models,
+    sparsify, pipeline, mcu, report, models,
 )  # fmt: skip
 
 

@@ -91,6 +91,9 @@ class Run:
     position: dict[str, Any] | None = None  # where a time stop left the epoch it cut
     resume_rng: Any = None
     steps: int = 0  # optimizer steps of this call
+    # False while the model is not yet the one wanted (a sparsity ramp still running): such an
+    # epoch is validated and recorded but never kept as the best weights
+    eligible: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         self.net = self.module
@@ -394,6 +397,8 @@ class Run:
         self.history.append(stats)
         score = stats.val_score
         if score is None or stats.epoch < self.config.min_epochs:
+            return False
+        if self.eligible is not None and not self.eligible():
             return False
         if self.best_epoch is not None and not score > self.best_score:
             return False

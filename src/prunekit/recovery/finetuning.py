@@ -264,6 +264,7 @@ def finetune(
     log: Callable[[str], object] | None = None,
     loss: Callable[[Any, Any, Any], torch.Tensor] | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
+    eligible: Callable[[], bool] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``train_loader``'s batches (see the module docstring).
 
@@ -283,7 +284,9 @@ def finetune(
     (``prunekit.evaluate.evaluate_classification``) and/or ``evaluate(model)`` (called in eval
     mode under ``no_grad``; higher is better, it replaces top-1 as the selection metric). With
     either, the weights of the best epoch (the first, on ties) are restored at the end: the
-    returned model is the best one seen, not necessarily the last.
+    returned model is the best one seen, not necessarily the last. ``eligible()``: when it
+    returns False at an epoch's end (a sparsity schedule still ramping), that epoch is recorded
+    but never kept as the best.
 
     ``checkpoint_dir``: write a checkpoint after every epoch and on a time stop and, with
     ``resume=True``, continue from one found there; a checkpoint of another model or another
@@ -324,6 +327,7 @@ def finetune(
             teacher=teacher if (loss is not None or config.distill_alpha > 0) else None,
             loss=loss, forward=forward, say=say,
         )  # fmt: skip
+        run.eligible = eligible
         run.prepare(resume)
         run.train(val_loader, evaluate, on_step)
     finally:

@@ -386,6 +386,14 @@ class MaskSet:
         self.apply()
         return self
 
+    def hold_gradients(self) -> MaskSet:
+        """Mask the gradients of pruned entries and apply the masks, without an optimizer
+        hook: for a training loop that owns (and may rebuild) its optimizer and calls
+        ``apply()`` after each step itself. Returns self."""
+        self._register_grad_hooks()
+        self.apply()
+        return self
+
     def detach(self) -> None:
         """Remove every hook this MaskSet registered (weights are left as they are)."""
         for handle in [*self._grad_handles.values(), *self._step_handles]:

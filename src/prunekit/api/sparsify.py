@@ -1,0 +1,546 @@
+"""``pk.sparsify_``: unstructured or N:M sparsity for any model, one-shot or gradual.
+
+Individual weights of every Linear / Conv layer (``--layers`` / ``--ignore`` choose) are set
+to zero; shapes stay. How sparse each layer gets (``allocation``): ``uniform``, ``global``
+(one magnitude ranking, each layer keeping at least ``floor`` of its weights) or
+``sensitivity`` (per-layer drop curves measured on a validation share of the fit data; the
+least summed drop that meets the target). ``nm=(2, 4)`` keeps the 2 largest of every 4
+consecutive weights along the input dimension (what sparse tensor cores run).
+
+Schedules: ``oneshot`` prunes to the target at once, then fine-tunes (when ``data`` is given
+and training is asked for) with the masks held; ``gradual`` raises sparsity along Zhu &
+Gupta's cubic ramp during the first ``ramp`` share of training, distilling from the dense
+model, and keeps fine-tuning at the final sparsity for the rest. The best epoch is chosen on a
+validation share of the fit data among epochs at the final sparsity only; the held-out eval
+part is never trained or chosen on.
+
+At the end the masks are made permanent: the model holds plain zeros, no hook is left.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.api._config import ConfigError, VerbConfig, choice, number, positive_int
+
+SCHEDULES = ("oneshot", "gradual")
+# virtual steps of the cubic ramp (progress is a fraction of training; see _RampDriver)
+_RAMP_STEPS = 1000
+_RAMP_UPDATES = 20
+
+
+@dataclass(frozen=True)
+class SparsifyConfig(VerbConfig):
+    """What ``sparsify_`` does. Exactly one of ``sparsity`` (fraction of the targeted weights
+    set to zero, in (0, 1)) and ``nm`` (``(n, m)``: n kept of every m) is given.
+    ``epochs`` / ``seconds``: fine-tuning length (neither: no training, masks only; a gradual
+    schedule needs one). ``ramp``: the share of training over which a gradual schedule
+    ramps. ``floor``: the least density any layer keeps. ``layers`` / ``ignore``: glob or
+    module-prefix patterns choosing the targeted layers. Training settings as ``RecoverConfig``.
+    """
+
+    sparsity: float | None = None
+    nm: tuple[int, int] | None = None
+    schedule: str = "oneshot"
+    allocation: str = "global"
+    floor: float = 0.01
+    layers: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    epochs: int | None = None
+    seconds: float | None = None
+    ramp: float = 0.75
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.7
+    validation: float = 0.1
+    sensitivity_samples: int = 256
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        from prunekit.sparsity.allocation import ALLOCATIONS
+
+        if (self.sparsity is None) == (self.nm is None):
+            raise ConfigError("give exactly one of sparsity (e.g. 0.9) and nm (e.g. (2, 4))")
+        if self.sparsity is not None:
+            ok = not isinstance(self.sparsity, bool) and isinstance(self.sparsity, (int, float))
+            if not ok or not 0.0 < self.sparsity < 1.0:
+                raise ConfigError(
+                    f"sparsity must be a number in (0, 1) (0.9 = 90% of the weights set to "
+                    f"zero), got {self.sparsity!r}"
+                )
+        if self.nm is not None:
+            parts = tuple(self.nm)
+            if (
+                len(parts) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in parts)
+                or not 0 < parts[0] < parts[1]
+            ):
+                raise ConfigError(
+                    f"nm must be two integers N < M (N kept of every M), e.g. 2:4, got {self.nm!r}"
+                )
+            object.__setattr__(self, "nm", parts)
+        choice(self.schedule, "schedule", SCHEDULES)
+        choice(self.allocation, "allocation", ALLOCATIONS)
+        number(self.floor, "floor", low=0, high=1, strict=True)
+        positive_int(self.epochs, "epochs", optional=True)
+        number(self.seconds, "seconds", low=0, strict=True, optional=True)
+        number(self.ramp, "ramp", low=0, high=1, strict=True)
+        number(self.lr, "lr", low=0, strict=True)
+        choice(self.optimizer, "optimizer", ("sgd", "adamw"))
+        positive_int(self.batch_size, "batch_size")
+        number(self.weight_decay, "weight_decay", low=0)
+        number(self.kd_temperature, "kd_temperature", low=0, strict=True)
+        number(self.kd_alpha, "kd_alpha", low=0, high=1)
+        number(self.validation, "validation", low=0, high=0.5, strict=True)
+        positive_int(self.sensitivity_samples, "sensitivity_samples")
+        for name in ("layers", "ignore"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of patterns, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if self.schedule == "gradual" and self.trains is False:
+            raise ConfigError("a gradual schedule prunes while training: give epochs or seconds")
+
+    @property
+    def trains(self) -> bool:
+        return self.epochs is not None or self.seconds is not None
+
+    @property
+    def target(self) -> float:
+        """The overall sparsity aimed at (N:M: 1 - N/M)."""
+        if self.nm is not None:
+            return 1.0 - self.nm[0] / self.nm[1]
+        assert self.sparsity is not None
+        return float(self.sparsity)
+
+    def recover_config(self) -> Any:
+        from prunekit.api.recover import RecoverConfig
+
+        return RecoverConfig(
+            epochs=self.epochs if self.epochs is not None else 1000, seconds=self.seconds,
+            lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
+            weight_decay=self.weight_decay, kd_temperature=self.kd_temperature,
+            kd_alpha=self.kd_alpha, validation=self.validation, seed=self.seed,
+            device=self.device,
+        )  # fmt: skip
+
+
+# --- targets and allocation ----------------------------------------------------------------
+
+
+def _targets(model: nn.Module, config: SparsifyConfig, log: Callable[[str], object]) -> tuple[
+    dict[str, nn.Parameter], dict[str, str]
+]:  # fmt: skip
+    """The tensors to sparsify, and those skipped with the reason (N:M needs divisible input
+    dimensions: a layer the user named explicitly that cannot take it is an error)."""
+    from prunekit.sparsity.allocation import nm_eligible, target_weights
+    from prunekit.sparsity.masks import SparsityError
+
+    weights = target_weights(model, ignore=config.ignore, only=config.layers)
+    skipped: dict[str, str] = {}
+    if config.nm is not None:
+        n, m = config.nm
+        bad = {name: w for name, w in weights.items() if not nm_eligible(w, m)}
+        if bad and config.layers:
+            name, w = next(iter(bad.items()))
+            raise SparsityError(
+                f"{n}:{m} sparsity needs the input dimension (dim 1) divisible by {m}; layer "
+                f"{name.removesuffix('.weight')} has weight shape {tuple(w.shape)}"
+            )
+        for name, w in bad.items():
+            skipped[name] = (
+                f"input dimension {w.shape[1]} of shape {tuple(w.shape)} not divisible by {m}"
+            )
+            del weights[name]
+        if skipped:
+            log(f"{n}:{m}: {len(skipped)} layer(s) left dense (input dimension not divisible by "
+                f"{m}): {', '.join(s.removesuffix('.weight') for s in list(skipped)[:6])}"
+                + (" ..." if len(skipped) > 6 else ""))  # fmt: skip
+        if not weights:
+            raise SparsityError(f"no layer of this model can take {n}:{m} sparsity")
+    return weights, skipped
+
+
+def _allocate(
+    config: SparsifyConfig,
+    weights: Mapping[str, Tensor],
+    curves: Mapping[str, Mapping[float, float]] | None,
+) -> dict[str, float]:
+    from prunekit.sparsity.allocation import (
+        allocate_global,
+        allocate_sensitivity,
+        allocate_uniform,
+    )
+
+    sizes = {name: w.numel() for name, w in weights.items()}
+    target = config.target
+    if config.nm is not None:
+        return allocate_uniform(sizes, target, 0.0)
+    if config.allocation == "uniform":
+        return allocate_uniform(sizes, target, config.floor)
+    if config.allocation == "global":
+        return allocate_global(weights, target, config.floor)
+    assert curves is not None
+    return allocate_sensitivity(curves, sizes, target, config.floor)
+
+
+def _sensitivity_metric(
+    model: nn.Module, data: Any, config: SparsifyConfig, example: Any
+) -> tuple[Callable[[nn.Module], float], dict[str, Any]]:
+    """The drop measured for the sensitivity curves, on a validation share of the fit part."""
+    from prunekit.data.specs import seeded_split
+
+    _, held = data.fit_and_validation(config.validation, config.seed)
+    if len(held) > config.sensitivity_samples:
+        _, held = seeded_split(held, 0.5, config.seed, "sensitivity samples",
+                               held=config.sensitivity_samples)  # fmt: skip
+    settings = {"data": data.spec, "split": "fit (validation share)", "samples": len(held),
+                "seed": config.seed}  # fmt: skip
+    loader = torch.utils.data.DataLoader(held, batch_size=64)
+    if data.task == "classification":
+        from prunekit.planning.sensitivity import AccuracyDrop
+
+        settings["metric"] = "top1_drop"
+        return AccuracyDrop(model, loader), settings
+    if data.task == "segmentation":
+        from prunekit.evaluate.segmentation import evaluate_segmentation
+
+        base = evaluate_segmentation(model, loader).dice
+        settings["metric"] = "dice_drop"
+        return (lambda m: base - evaluate_segmentation(m, loader).dice), settings
+    from prunekit.planning.sensitivity import OutputDivergence
+
+    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in list(loader)[:4]]
+    settings["metric"] = "output_divergence"
+    return OutputDivergence(model, batches), settings
+
+
+def _curves(
+    model: nn.Module,
+    weights: Mapping[str, nn.Parameter],
+    config: SparsifyConfig,
+    data: Any,
+    sensitivity: str | Path | None,
+    example: Any,
+    model_name: str,
+    log: Callable[[str], object],
+) -> tuple[dict[str, dict[float, float]], dict[str, Any]]:
+    from prunekit.sparsity.masks import SparsityError
+    from prunekit.sparsity.sensitivity import (
+        measure_layer_sensitivity,
+        read_layer_sensitivity,
+    )
+
+    if data is None:
+        if sensitivity is None or not Path(sensitivity).exists():
+            raise SparsityError(
+                "--allocation sensitivity needs per-layer curves: give --data to measure them "
+                "(and --sensitivity FILE to keep them), or an existing --sensitivity FILE"
+            )
+        return read_layer_sensitivity(sensitivity, weights), {"file": str(sensitivity)}
+    metric, settings = _sensitivity_metric(model, data, config, example)
+    began = time.perf_counter()
+    curves = measure_layer_sensitivity(model, weights, metric, path=sensitivity,
+                                       settings=settings, model_name=model_name, log=log)  # fmt: skip
+    info = {**settings, "seconds": round(time.perf_counter() - began, 2)}
+    if sensitivity is not None:
+        info["file"] = str(sensitivity)
+    return curves, info
+
+
+# --- the gradual ramp, driven from the recovery engine's steps -----------------------------
+
+
+class _RampDriver:
+    """Moves a ``GradualPruner`` along the cubic ramp as training progresses.
+
+    Progress is the larger of steps done / steps planned and seconds spent / seconds allowed,
+    so the ramp ends at ``ramp`` of the training whichever bound applies; the pruner's
+    schedule counts virtual steps (``_RAMP_STEPS`` over the ramp, ``_RAMP_UPDATES`` mask
+    updates)."""
+
+    def __init__(self, pruner: Any, ramp: float, total_steps: int | None, seconds: float | None):
+        self.pruner = pruner
+        self.ramp = ramp
+        self.total_steps = total_steps
+        self.seconds = seconds
+        self.steps = 0
+        self.began = time.perf_counter()
+        pruner.step()  # the update at step 0 (sparsity 0: every weight kept)
+
+    def progress(self) -> float:
+        done = 0.0
+        if self.total_steps:
+            done = self.steps / self.total_steps
+        if self.seconds:
+            done = max(done, (time.perf_counter() - self.began) / self.seconds)
+        return done
+
+    def __call__(self, epoch: int, step: int, loss: float) -> None:
+        self.steps += 1
+        virtual = min(_RAMP_STEPS, int(self.progress() / self.ramp * _RAMP_STEPS))
+        while self.pruner.step_count <= virtual:
+            self.pruner.step()
+
+    @property
+    def done(self) -> bool:
+        return self.pruner.step_count > _RAMP_STEPS
+
+    def finish(self) -> None:
+        while not self.done:
+            self.pruner.step()
+
+
+def _steps_per_epoch(data: Any, config: SparsifyConfig) -> int:
+    train, _ = data.fit_and_validation(config.validation, config.seed)
+    n = len(train)
+    return n // config.batch_size if n > config.batch_size else 1
+
+
+# --- the verb ------------------------------------------------------------------------------
+
+
+def sparsify_(
+    model: nn.Module,
+    config: SparsifyConfig,
+    *,
+    data: Any = None,
+    teacher: nn.Module | None = None,
+    sensitivity: str | Path | None = None,
+    example: Any = None,
+    model_name: str = "",
+    record: dict[str, Any] | None = None,
+    log: Callable[[str], object] | None = None,
+    on_step: Callable[[int, int, float], object] | None = None,
+) -> None:
+    """Sparsify ``model`` in place (see the module docstring); returns None.
+
+    ``data``: a data spec or ``Data`` (needed to train, to measure sensitivity curves and to
+    report a held-out metric). ``teacher``: the model to distil from while training (default:
+    a copy of ``model`` taken before any weight is zeroed). ``sensitivity``: a JSON file of
+    per-layer curves; read if complete, measured into (and resumed) otherwise. ``record``
+    receives what ``sparsify.json`` holds."""
+    from prunekit._checks import check_module
+    from prunekit.api.data import as_data
+    from prunekit.api.evaluation import evaluate
+    from prunekit.report.masks import layer_sparsity
+    from prunekit.sparsity import CubicSchedule, GradualPruner, MaskSet, magnitude_masks, nm_mask
+
+    check_module(model)
+    if not isinstance(config, SparsifyConfig):
+        raise ConfigError(f"sparsify_ needs a SparsifyConfig, got {type(config).__name__}")
+    say: Callable[[str], object] = log or (lambda _: None)
+    resolved = as_data(data, example=example, seed=config.seed) if data is not None else None
+    if config.trains and resolved is None:
+        from prunekit.errors import DataError
+
+        raise DataError(
+            f"--schedule {config.schedule} with fine-tuning needs --data (the fit part is trained "
+            "on; the eval part reports the metric)"
+        )
+    if (
+        config.trains
+        and resolved is not None
+        and resolved.task
+        not in (
+            "classification",
+            "segmentation",
+        )
+    ):
+        from prunekit.errors import DataError
+
+        raise DataError(
+            f"fine-tuning while sparsifying needs classification or segmentation data; "
+            f"--data {resolved.spec} holds {resolved.task} data (use --schedule oneshot "
+            "without --epochs/--seconds)"
+        )
+    if example is None and resolved is not None:
+        example = resolved.eval[0][0].unsqueeze(0)
+    weights, skipped = _targets(model, config, say)
+    dense_teacher = teacher
+    if config.trains and teacher is None and config.kd_alpha > 0:
+        dense_teacher = copy.deepcopy(model).eval()
+    dense_metric = (
+        evaluate(model, resolved, example=example)
+        if resolved is not None and resolved.task in ("classification", "segmentation")
+        else None
+    )
+    curves, sensitivity_info = None, None
+    if config.allocation == "sensitivity" and config.nm is None:
+        curves, sensitivity_info = _curves(model, weights, config, resolved, sensitivity,
+                                           example, model_name, say)  # fmt: skip
+    shares = _allocate(config, weights, curves)
+    began = time.perf_counter()
+    fit_record: dict[str, Any] = {}
+    ramp_completed = None
+    if config.schedule == "oneshot":
+        if config.nm is not None:
+            n, m = config.nm
+            masks = {name: nm_mask(w, n, m, dim=1) for name, w in weights.items()}
+        else:
+            masks = magnitude_masks(weights, shares, "layer")
+        mask_set = MaskSet(model, masks)
+        mask_set.apply()
+        if config.trains:
+            assert resolved is not None
+            mask_set.hold_gradients()  # the engine owns the optimizer: on_step re-applies
+            try:
+                _train(model, resolved, config, dense_teacher, example, fit_record, say,
+                       _chain(lambda *a: mask_set.apply(), on_step), None)  # fmt: skip
+            finally:
+                mask_set.make_permanent()
+        else:
+            mask_set.make_permanent()
+    else:
+        assert resolved is not None
+        n_m = config.nm
+        finals = (
+            dict.fromkeys(weights, 0.5 * config.target)  # the N:M cut comes at the ramp's end
+            if n_m is not None
+            else shares
+        )
+        top = max(finals.values())
+        schedule = CubicSchedule(0.0, top, 0, _RAMP_STEPS, _RAMP_STEPS // _RAMP_UPDATES)
+        pruner = GradualPruner(model, schedule, list(weights), scope="layer",
+                               final_sparsity_by_name=finals, nm=n_m)  # fmt: skip
+        total = (
+            config.epochs * _steps_per_epoch(resolved, config) if config.epochs is not None else None
+        )  # fmt: skip
+        driver = _RampDriver(pruner, config.ramp, total, config.seconds)
+        pruner.mask_set.hold_gradients()
+        try:
+            _train(model, resolved, config, dense_teacher, example, fit_record, say,
+                   _chain(_then_apply(driver, pruner.mask_set), on_step),
+                   lambda: driver.done)  # fmt: skip
+            ramp_completed = driver.done
+            if not driver.done:
+                say("the training ended before the sparsity ramp did: the rest was pruned in one "
+                    "step at the end (give more --epochs/--seconds or a shorter --ramp)")  # fmt: skip
+                driver.finish()
+        finally:
+            pruner.make_permanent()
+    seconds = time.perf_counter() - began
+    model.eval()
+    _fill_record(record, model, config, weights, skipped, shares, resolved, example,
+                 dense_metric, sensitivity_info, fit_record, ramp_completed, seconds,
+                 layer_sparsity)  # fmt: skip
+
+
+def _chain(*hooks: Any) -> Callable[[int, int, float], None]:
+    def call(epoch: int, step: int, loss: float) -> None:
+        for hook in hooks:
+            if hook is not None:
+                hook(epoch, step, loss)
+
+    return call
+
+
+def _then_apply(driver: _RampDriver, mask_set: Any) -> Callable[[int, int, float], None]:
+    def call(epoch: int, step: int, loss: float) -> None:
+        driver(epoch, step, loss)
+        mask_set.apply()  # the optimizer step may have moved pruned weights (weight decay)
+
+    return call
+
+
+def _train(
+    model: nn.Module,
+    data: Any,
+    config: SparsifyConfig,
+    teacher: nn.Module | None,
+    example: Any,
+    record: dict[str, Any],
+    log: Callable[[str], object],
+    on_step: Callable[[int, int, float], object],
+    eligible: Callable[[], bool] | None,
+) -> None:
+    from prunekit.api.recover import recover_
+
+    recover_(model, data, config.recover_config(), teacher=teacher, example=example,
+             record=record, on_step=on_step, log=log, eligible=eligible)  # fmt: skip
+
+
+def _metric_key(task: str) -> str:
+    return "top1" if task == "classification" else "dice"
+
+
+def _fill_record(
+    record: dict[str, Any] | None,
+    model: nn.Module,
+    config: SparsifyConfig,
+    weights: Mapping[str, Tensor],
+    skipped: Mapping[str, str],
+    shares: Mapping[str, float],
+    data: Any,
+    example: Any,
+    dense_metric: Mapping[str, Any] | None,
+    sensitivity_info: Mapping[str, Any] | None,
+    fit_record: Mapping[str, Any],
+    ramp_completed: bool | None,
+    seconds: float,
+    layer_sparsity: Callable[..., list[dict[str, Any]]],
+) -> None:
+    from prunekit.api.evaluation import evaluate
+    from prunekit.sparsity.storage import best, storage_bytes
+
+    if record is None:
+        return
+    zeros = sum(int((w.detach() == 0).sum()) for w in weights.values())
+    total = sum(w.numel() for w in weights.values())
+    facts = {row["name"]: row for row in layer_sparsity(model)}
+    layers = []
+    for name, w in weights.items():
+        module = name.removesuffix(".weight")
+        fact = facts.get(module, {})
+        layers.append({
+            "name": module, "shape": list(w.shape),
+            "density": float((w.detach() != 0).sum()) / w.numel(),
+            "pattern": fact.get("pattern", "unstructured"),
+            "planned_sparsity": round(float(shares[name]), 6),
+            "nonzeros": int((w.detach() != 0).sum()),
+            "bytes": storage_bytes(w),
+        })  # fmt: skip
+    storage = {f: sum(layer["bytes"][f] for layer in layers) for f in ("dense", "bitmask", "csr")}
+    metric: dict[str, Any] = {"dense": None, "final": None, "split": None, "samples": None}
+    if dense_metric is not None and data is not None:
+        final = evaluate(model, data, example=example)
+        key = _metric_key(data.task)
+        metric = {"name": key, "dense": dense_metric[key], "final": final[key], "split": "eval",
+                  "samples": final["samples"], "data": data.spec,
+                  "dense_all": {k: v for k, v in dense_metric.items() if isinstance(v, float)},
+                  "final_all": {k: v for k, v in final.items() if isinstance(v, float)}}  # fmt: skip
+    record.update({
+        "sparsity": zeros / total if total else 0.0,
+        "target": config.target,
+        "nm": list(config.nm) if config.nm else None,
+        "layers": layers,
+        "skipped": [{"name": n.removesuffix(".weight"), "reason": r} for n, r in skipped.items()],
+        "metric": metric,
+        "schedule": config.schedule,
+        "allocation": "nm" if config.nm else config.allocation,
+        "floor": config.floor,
+        "config": config.to_dict(),
+        "sensitivity": dict(sensitivity_info) if sensitivity_info else None,
+        "finetune": dict(fit_record) if fit_record else None,
+        "ramp_completed": ramp_completed,
+        "seconds": round(seconds, 2),
+        "storage": {**storage, "best": best(storage),
+                    "note": "bytes of the sparsified tensors only, at their dtype"},
+        "targeted_weights": total,
+        "nonzero_weights": total - zeros,
+    })  # fmt: skip
+    if not math.isfinite(record["sparsity"]):
+        record["sparsity"] = 0.0
