@@ -344,3 +344,22 @@ def test_out_holding_user_files_is_never_replaced(model_file: str, tmp_path: Pat
             "--out", str(out), "--force"]  # fmt: skip
     assert main(args) == 1
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_analyze_reports_non_zeros_density_and_bytes_per_format(
+    model_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sp"
+    args = ["sparsify", f"{model_file}:net", "--input-shape", "1,1,8,8", "--nm", "2:4",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--trust-code", "--json"]) == 0
+    sparse = json.loads(capsys.readouterr().out)["sparsity"]
+    # c1 (1 input channel) stays dense and is not listed; c2 and fc are exactly half zeros
+    assert [layer["name"] for layer in sparse["layers"]] == ["c2", "fc"]
+    assert [layer["pattern"] for layer in sparse["layers"]] == ["2:4", "2:4"]
+    assert sparse["nonzeros"] == (32 * 16 * 9 + 10 * 128) // 2
+    fc = sparse["layers"][1]
+    assert fc["bytes"] == {"dense": 1280 * 4, "bitmask": 160 + 640 * 4, "csr": 11 * 4 + 640 * 8}
+    assert sparse["storage"]["best"] == "bitmask"

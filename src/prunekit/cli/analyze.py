@@ -39,12 +39,57 @@ def run(args: argparse.Namespace) -> int:
             f"{loaded.name}: {exc} (input: {loaded.input_note}); pass --input-shape with the "
             "shape the model expects"
         ) from exc
+    sparse = sparse_layers(loaded.model)
     if args.json:
-        data = {**result.to_dict(), "source": loaded.to_dict(), "input_note": loaded.input_note}
+        data = {**result.to_dict(), "source": loaded.to_dict(), "input_note": loaded.input_note,
+                "sparsity": sparse}  # fmt: skip
         print_json(data)
         return 0
     _print_human(result, loaded, args.top)
+    if sparse["layers"]:
+        _print_sparse(sparse)
     return 0
+
+
+def sparse_layers(model: Any) -> dict[str, Any]:
+    """The Linear / Conv layers holding at least 1% exact zeros: non-zeros, density, pattern
+    (unstructured or N:M) and the bytes each storage format would take; with totals."""
+    from prunekit.report.masks import layer_sparsity
+    from prunekit.sparsity.storage import FORMATS, best, storage_bytes
+
+    modules = dict(model.named_modules())
+    layers = []
+    for fact in layer_sparsity(model, min_sparsity=0.01):
+        weight = modules[fact["name"]].weight
+        layers.append({"name": fact["name"], "shape": fact["shape"], "params": fact["params"],
+                       "nonzeros": fact["params"] - fact["zeros"], "density": fact["density"],
+                       "pattern": fact["pattern"], "bytes": storage_bytes(weight)})  # fmt: skip
+    totals = {f: sum(layer["bytes"][f] for layer in layers) for f in FORMATS}
+    return {
+        "layers": layers,
+        "params": sum(layer["params"] for layer in layers),
+        "nonzeros": sum(layer["nonzeros"] for layer in layers),
+        "storage": {**totals, "best": best(totals) if layers else None},
+    }
+
+
+def _print_sparse(sparse: dict[str, Any]) -> None:
+    from prunekit.cli._format import nbytes, table
+
+    rows = [
+        [layer["name"], f"{layer['nonzeros']:,}/{layer['params']:,}", f"{layer['density']:.3f}",
+         layer["pattern"], *(nbytes(layer["bytes"][f]) for f in ("dense", "bitmask", "csr"))]
+        for layer in sparse["layers"]
+    ]  # fmt: skip
+    print()
+    headers = ["sparse layer", "non-zeros", "density", "pattern", "dense", "bitmask", "csr"]
+    print(table(headers, rows, right=[False, True, True, False, True, True, True]))
+    s = sparse["storage"]
+    density = sparse["nonzeros"] / sparse["params"] if sparse["params"] else 1.0
+    print(f"sparse       {len(sparse['layers'])} layers, {sparse['nonzeros']:,} of "
+          f"{sparse['params']:,} weights non-zero ({density:.1%}); stored dense "
+          f"{nbytes(s['dense'])}, bitmask {nbytes(s['bitmask'])}, csr {nbytes(s['csr'])} "
+          f"(smallest: {s['best']})")  # fmt: skip
 
 
 def _print_human(result: Any, loaded: Any, top: int | None) -> None:
