@@ -145,3 +145,17 @@ def test_the_scenes_spec_gives_labelled_disjoint_splits() -> None:
                    for i in range(3))  # fmt: skip
     with pytest.raises(DataError, match="expected scenes:FIT,EVAL"):
         load_data("scenes:many")
+
+
+def test_first_tensor_is_the_one_rule_for_model_outputs() -> None:
+    from types import SimpleNamespace
+
+    from prunekit._tensors import first_tensor
+
+    a, b = torch.zeros(1), torch.ones(1)
+    assert first_tensor(a) is a
+    assert first_tensor({"out": a, "aux": b}) is a
+    assert first_tensor(([], (a, b))) is a  # depth first, skipping what holds no tensor
+    assert first_tensor({"hidden": a, "logits": b}) is b  # a classifier's logits win
+    assert first_tensor(SimpleNamespace(last_hidden_state=b)) is b
+    assert first_tensor({"n": 3}) is None and first_tensor("text") is None

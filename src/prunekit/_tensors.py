@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,3 +55,22 @@ def replace_tensor(
         else:
             module._buffers[attr] = new
     return new
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a model's output is judged by: the output itself, its ``logits`` or
+    ``last_hidden_state`` (Hugging Face), else the first tensor found in a dict, list or tuple
+    (depth first). None when it holds no tensor: each caller says why that is wrong for it."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("logits", "last_hidden_state"):
+        value = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    values = output.values() if isinstance(output, Mapping) else output
+    if isinstance(values, (list, tuple)) or isinstance(output, Mapping):
+        for value in values:
+            found = first_tensor(value)
+            if found is not None:
+                return found
+    return None

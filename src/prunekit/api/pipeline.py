@@ -132,13 +132,12 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return _first_tensor(next(iter(output.values())))
-    if isinstance(output, (list, tuple)):
-        return _first_tensor(output[0])
-    raise PipelineSpecError(f"the stage's output ({type(output).__name__}) holds no tensor")
+    from prunekit._tensors import first_tensor
+
+    found = first_tensor(output)
+    if found is None:
+        raise PipelineSpecError(f"the stage's output ({type(output).__name__}) holds no tensor")
+    return found
 
 
 def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> dict[str, Any]:
@@ -404,6 +403,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     with torch.no_grad():
         dense_out = {n: _first_tensor(f["model"](f["held"])) for n, f in facts.items()}
     dense_score = {n: score(n, f["model"]) for n, f in facts.items()}
+    dense_macs = {n: count_macs(f["model"], f["example"]).total for n, f in facts.items()}
     for variant in ("dense", "planned", "uniform"):
         rows, loss, loss_pred = [], 0.0, 0.0
         for stage in stages:
@@ -421,9 +421,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
             predicted_ms = {"dense": stage.dense_ms,
                             "planned": table_ms(stage, plan.choice[stage.name]),
                             "uniform": uniform_table_ms(stage.name, ratio)}[variant]  # fmt: skip
-            macs = (
-                count_macs(model, f["example"]).total / count_macs(f["model"], f["example"]).total
-            )
+            macs = count_macs(model, f["example"]).total / dense_macs[stage.name]
             loss += stage.weight * lost
             loss_pred += stage.weight * (plan.choice[stage.name].loss if variant == "planned"
                                          else predicted_loss(f["sens"], keep))  # fmt: skip

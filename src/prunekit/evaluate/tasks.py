@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._tensors import first_tensor
 from prunekit.errors import DataError
 
 __all__ = ["TASK_METRICS", "TaskMetric", "check_labels", "task_metric"]
@@ -129,13 +130,12 @@ def _absrel(model: nn.Module, items: Items, batch_size: int) -> float:
 
 def _first(output: Any) -> torch.Tensor:
     """A depth model's prediction: the output itself, or the first tensor of a dict / tuple."""
-    if isinstance(output, torch.Tensor):
-        return output
-    values = output.values() if isinstance(output, dict) else output
-    for value in values if isinstance(values, (list, tuple, type({}.values()))) else ():
-        if isinstance(value, torch.Tensor):
-            return value
-    raise DataError(f"metric absrel: the model returns {type(output).__name__}, not a depth map")
+    found = first_tensor(output)
+    if found is None:
+        raise DataError(
+            f"metric absrel: the model returns {type(output).__name__}, not a depth map"
+        )
+    return found
 
 
 def agreement(dense: torch.Tensor, other: torch.Tensor) -> float:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit._outputs import save_figure, write_json_atomic
+from prunekit._tensors import first_tensor
 from prunekit._utils import meta_copy, module_device
 from prunekit.criteria.magnitude import atom_scores
 from prunekit.graph import ChannelGraph
@@ -62,22 +63,13 @@ Log = Callable[[str], None]
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
-    """The tensor a model's output is judged by: itself, ``logits``, ``last_hidden_state``, or
-    the first tensor of a tuple / dict."""
-    if isinstance(output, torch.Tensor):
-        return output
-    for name in ("logits", "last_hidden_state"):
-        value = getattr(output, name, None)
-        if value is None and isinstance(output, Mapping):
-            value = output.get(name)
-        if isinstance(value, torch.Tensor):
-            return value
-    values = output.values() if isinstance(output, Mapping) else output
-    if isinstance(values, Iterable):
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                return value
-    raise PlanningFileError(f"cannot find a tensor in the model's output ({type(output).__name__})")
+    """The tensor a model's output is judged by (``prunekit._tensors.first_tensor``)."""
+    found = first_tensor(output)
+    if found is None:
+        raise PlanningFileError(
+            f"cannot find a tensor in the model's output ({type(output).__name__})"
+        )
+    return found
 
 
 class OutputDivergence:
