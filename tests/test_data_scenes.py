@@ -255,3 +255,114 @@ def test_make_scene_arguments() -> None:
         SceneSet(4, seed=0, max_objects=-1)
     with pytest.raises(InvalidValueError, match="seed"):
         SceneSet(4, seed=-1)
+
+
+# --- the scenes-masks data spec: the same scenes as segmentation data ----------------------------
+
+
+def test_scenes_masks_items_are_the_scenes_images_and_semantic_masks() -> None:
+    from prunekit.data.specs import load_data
+
+    data = load_data("scenes-masks:6,4", seed=5, image_size=48)
+    assert (data.task, data.kind, data.num_classes) == ("segmentation", "scenes-masks", 5)
+    assert data.item_shape == (3, 48, 48)
+    assert (len(data.fit), len(data.eval)) == (6, 4)
+    assert data.to_dict()["split"] == {
+        "seed": 5, "fit": 6, "eval": 4,
+        "eval_from": "generated eval scenes (photo regions disjoint from those of the fit scenes)",
+    }  # fmt: skip
+    for part, split in ((data.fit, "fit"), (data.eval, "eval")):
+        scenes_of_split = SceneSet(len(part), seed=5, size=48, split=split)
+        for i in range(len(part)):
+            image, mask = part[i]
+            assert image.dtype == torch.float32
+            assert image.shape == (3, 48, 48)
+            assert mask.dtype == torch.int64
+            assert mask.shape == (48, 48)
+            expected_image, target = scenes_of_split[i]
+            assert torch.equal(image, expected_image)
+            assert torch.equal(mask, target["masks"])
+    # golden: the first fit scene's class histogram and a pixel sum, fixed by the seed
+    image, mask = data.fit[0]
+    scene = data.fit.scenes.scene(0)
+    assert np.array_equal(np.bincount(mask.numpy().ravel(), minlength=5),
+                          np.bincount(scene.mask.ravel(), minlength=5))  # fmt: skip
+    assert int((mask > 0).sum()) > 0
+    # the default counts and size
+    default = load_data("scenes-masks")
+    assert (len(default.fit), len(default.eval), default.item_shape) == (2000, 500, (3, 160, 160))
+
+
+def test_scenes_masks_fit_and_eval_come_from_disjoint_photo_regions() -> None:
+    from prunekit.data.specs import load_data
+
+    data = load_data("scenes-masks:30,30", seed=2, image_size=48)
+    shapes = dict(zip(background_names(), (p.shape for p in backgrounds()), strict=True))
+    for part, split in ((data.fit, "fit"), (data.eval, "eval")):
+        assert part.scenes.split == split
+        for i in range(len(part)):
+            source = part.scenes.scene(i).source
+            height, width = shapes[source.photo][:2]
+            start, stop = split_columns(width, height, split)
+            assert start <= source.left and source.left + source.side <= stop
+    fit_images = {data.fit[i][0].numpy().tobytes() for i in range(len(data.fit))}
+    assert not any(data.eval[i][0].numpy().tobytes() in fit_images for i in range(len(data.eval)))
+
+
+def test_scenes_masks_spec_errors_name_the_spec() -> None:
+    from prunekit.data.specs import load_data, parse_spec
+
+    assert parse_spec("scenes-masks") == ("scenes-masks", "")
+    assert parse_spec("scenes-masks:10,5") == ("scenes-masks", "10,5")
+    with pytest.raises(DataError, match=r"expected scenes-masks:FIT,EVAL"):
+        load_data("scenes-masks:many")
+    with pytest.raises(DataError, match="at least 1"):
+        load_data("scenes-masks:0,5")
+
+
+class _Constant(torch.nn.Module):
+    """Predicts class ``label`` at every pixel (logits [B, 5, H, W])."""
+
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.label = label
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], len(CLASSES), *x.shape[-2:])
+        logits[:, self.label] = self.scale
+        return logits
+
+
+def test_evaluate_scores_dice_on_the_held_out_scenes() -> None:
+    import prunekit as pk
+
+    result = pk.evaluate(_Constant(0), "scenes-masks:4,6", example=torch.rand(1, 3, 48, 48))
+    assert result["task"] == "segmentation"
+    assert result["split"] == "eval"
+    assert result["samples"] == 6
+    assert result["data"]["spec"] == "scenes-masks:4,6"
+    # all-backdrop predictions: Dice of the backdrop 2 TP / (truth + predicted), 0 for every
+    # object class that occurs; the mean over the classes that occur
+    masks = torch.stack([SceneSet(6, seed=0, size=48, split="eval")[i][1]["masks"]
+                         for i in range(6)])  # fmt: skip
+    backdrop = int((masks == 0).sum())
+    present = len(torch.unique(masks))
+    expected = (2 * backdrop / (backdrop + masks.numel())) / present
+    assert result["dice"] == pytest.approx(expected)
+    assert result["pixel_accuracy"] == pytest.approx(backdrop / masks.numel())
+
+
+def test_recover_trains_a_segmenter_on_the_fit_scenes() -> None:
+    import prunekit as pk
+    from prunekit.nn import unet
+
+    torch.manual_seed(0)
+    model = unet(width=4, depth=2)
+    record: dict[str, object] = {}
+    pk.recover_(model, "scenes-masks:16,4", pk.RecoverConfig(epochs=2, lr=0.01, batch_size=8),
+                example=torch.rand(1, 3, 32, 32), record=record)  # fmt: skip
+    assert record["data"]["task"] == "segmentation"  # type: ignore[index]
+    assert record["data"]["split"]["fit"] == 16  # type: ignore[index]
+    history = record["history"]
+    assert len(history) == 2  # type: ignore[arg-type]

@@ -91,15 +91,33 @@ def test_a_genuine_allowlisted_artifact_loads_without_trust(artifact: Path) -> N
     assert torch.equal(model(x), nn.Linear(4, 3)(x))
 
 
-def test_prunekit_named_builders_load_without_trust(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "spec",
+    ["prunekit.nn.perception:seg_net", "prunekit.nn.unet:unet", "prunekit.nn:unet",
+     "prunekit.nn.unet:UNet"],
+)  # fmt: skip
+def test_prunekit_named_builders_load_without_trust(tmp_path: Path, spec: str) -> None:
     import prunekit as pk
 
-    loaded = pk.load("prunekit.nn.perception:seg_net", input_shapes=[(1, 3, 32, 32)],
-                     model_kwargs={"width": 8})  # fmt: skip
+    loaded = pk.load(spec, input_shapes=[(1, 3, 32, 32)], model_kwargs={"width": 8})
     saved = pk.save(loaded.model, tmp_path / "seg", source=loaded)
     model, _ = load(saved)
     x = torch.rand(1, 3, 32, 32)
     assert torch.equal(model.eval()(x), loaded.model.eval()(x))
+
+
+def test_the_builder_allowlist_names_real_prunekit_builders() -> None:
+    """Each allowlisted name is a function of that module that returns a model."""
+    import importlib
+
+    from prunekit.artifact._recipes import PRUNEKIT_BUILDERS
+
+    assert set(PRUNEKIT_BUILDERS) == {"prunekit.nn.perception", "prunekit.nn.unet", "prunekit.nn"}
+    assert PRUNEKIT_BUILDERS["prunekit.nn.unet"] == PRUNEKIT_BUILDERS["prunekit.nn"] == {"unet"}
+    for module, names in PRUNEKIT_BUILDERS.items():
+        for name in names:
+            builder = getattr(importlib.import_module(module), name)
+            assert callable(builder) and not isinstance(builder, type), (module, name)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +138,7 @@ def test_prunekit_named_builders_load_without_trust(tmp_path: Path) -> None:
             "prunekit.nn.perception:load_mobilenet_v2_features",
             {"features": None, "path": "{marker}"},
         ),
+        ("prunekit.nn.unet:_stage", {"c_in": 3, "c_out": 4}),  # unet's module, not its builder
     ],
 )
 def test_recipes_that_would_run_code_are_refused(  # type: ignore[no-untyped-def]

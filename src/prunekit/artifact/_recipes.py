@@ -272,6 +272,8 @@ def _callable_builder(
 # function of an allowed package is refused without trust, however harmless it looks
 PRUNEKIT_BUILDERS: dict[str, frozenset[str]] = {
     "prunekit.nn.perception": frozenset({"depth_net", "seg_net", "centernet_lite"}),
+    "prunekit.nn.unet": frozenset({"unet"}),
+    "prunekit.nn": frozenset({"unet"}),  # the same builder, re-exported
 }
 
 

@@ -19,8 +19,8 @@ MODEL_HELP = (
 
 # the data specs of prunekit.data.specs, said without importing it (it needs torch)
 DATA_HELP = (
-    "mnist, fashion-mnist, digits, scenes, an IDX directory, an ImageFolder directory, a "
-    "segmentation folder (images/ + masks/) or a text file of sentences"
+    "mnist, fashion-mnist, digits, scenes, scenes-masks, an IDX directory, an ImageFolder "
+    "directory, a segmentation folder (images/ + masks/) or a text file of sentences"
 )
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "SPLITS",
     "BackgroundCrop",
     "Scene",
+    "SceneMasks",
     "SceneObject",
     "SceneSet",
     "background_names",
@@ -541,6 +542,23 @@ class SceneSet(Dataset[tuple[torch.Tensor, Target]]):
             "depth": torch.from_numpy(scene.depth),
         }
         return torch.from_numpy(scene.image), target
+
+
+class SceneMasks(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A ``SceneSet`` seen as semantic segmentation data: item ``i`` is ``(image, mask)`` of
+    scene ``i`` (image float32 [3, H, W] in [0, 1], mask int64 [H, W] with ``CLASSES`` ids:
+    0 = backdrop, 1..4 = the visible object's class), the item format of a segmentation
+    folder. ``scenes`` is the underlying ``SceneSet`` (its ``scene(i)`` gives the rest)."""
+
+    def __init__(self, scenes: SceneSet) -> None:
+        self.scenes = scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scene = self.scenes.scene(index)
+        return torch.from_numpy(scene.image), torch.from_numpy(scene.mask)
 
 
 def collate_scenes(

@@ -16,6 +16,10 @@ A spec is one of:
 - ``scenes`` (or ``scenes:FIT,EVAL``): generated perception scenes with exact boxes, masks
   and depth (``prunekit.data.scenes``; 2000 fit + 500 eval by default), sized to the model's
   input; fit and eval scenes use disjoint regions of the photographs.
+- ``scenes-masks`` (or ``scenes-masks:FIT,EVAL``): the same scenes as segmentation data,
+  items ``(image float32 [3, H, W] in [0, 1], mask int64 [H, W])`` with classes 0 = backdrop,
+  1..4 = the object shapes (``prunekit.data.scenes.CLASSES``), the format of a segmentation
+  folder, so ``evaluate`` scores mIoU / Dice and ``finetune`` / ``sparsify`` train on them.
 
 A prefix (``idx:``, ``images:``, ``segmentation:``, ``sentences:``) forces the kind.
 
@@ -38,8 +42,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from prunekit.errors import DataError
 
-BUILT_IN = ("mnist", "fashion-mnist", "digits", "scenes")
-KINDS = ("idx", "images", "segmentation", "sentences", "scenes")
+BUILT_IN = ("mnist", "fashion-mnist", "digits", "scenes", "scenes-masks")
+KINDS = ("idx", "images", "segmentation", "sentences", "scenes", "scenes-masks")
 TASK_OF_KIND = {
     "builtin": "classification",
     "idx": "classification",
@@ -47,14 +51,15 @@ TASK_OF_KIND = {
     "segmentation": "segmentation",
     "sentences": "embedding",
     "scenes": "perception",
+    "scenes-masks": "segmentation",
 }
 SCENES_DEFAULT = (2000, 500)
 EVAL_FRACTION = 0.2
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 _MNIST_CACHE = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "mnist"
 SPEC_HELP = (  # prunekit.cli._common.DATA_HELP says the same without importing torch
-    "mnist, fashion-mnist, digits, scenes, an IDX directory, an ImageFolder directory, a "
-    "segmentation folder (images/ + masks/) or a text file of sentences"
+    "mnist, fashion-mnist, digits, scenes, scenes-masks, an IDX directory, an ImageFolder "
+    "directory, a segmentation folder (images/ + masks/) or a text file of sentences"
 )
 
 
@@ -175,8 +180,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """(kind, location) of a spec, without touching the disk beyond existence checks."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"--data needs a data spec: {SPEC_HELP}")
-    if spec == "scenes":
-        return "scenes", ""
+    if spec in ("scenes", "scenes-masks"):
+        return spec, ""
     if spec in BUILT_IN:
         return "builtin", spec
     kind, sep, rest = spec.partition(":")
@@ -215,8 +220,8 @@ def load_data(
     cropped to (default 224). Raises ``DataError`` with a one-line reason.
     """
     kind, location = parse_spec(spec)
-    if kind == "scenes":
-        return _scenes(spec, location, seed, image_size or 160)
+    if kind in ("scenes", "scenes-masks"):
+        return _scenes(spec, location, seed, image_size or 160, masks=kind == "scenes-masks")
     if kind == "builtin":
         return _builtin(location, seed)
     if kind == "idx":
@@ -273,23 +278,27 @@ def _builtin(name: str, seed: int) -> Data:
     return data
 
 
-def _scenes(spec: str, sizes: str, seed: int, image_size: int) -> Data:
-    from prunekit.data.scenes import CLASSES, SceneSet
+def _scenes(spec: str, sizes: str, seed: int, image_size: int, *, masks: bool = False) -> Data:
+    from prunekit.data.scenes import CLASSES, SceneMasks, SceneSet
 
+    name = "scenes-masks" if masks else "scenes"
     fit_n, eval_n = SCENES_DEFAULT
     if sizes:
         try:
             fit_n, eval_n = (int(v) for v in sizes.split(","))
         except ValueError:
-            raise DataError(f"--data {spec}: expected scenes:FIT,EVAL (two counts of scenes, "
-                            "e.g. scenes:2000,500)") from None  # fmt: skip
+            raise DataError(f"--data {spec}: expected {name}:FIT,EVAL (two counts of scenes, "
+                            f"e.g. {name}:2000,500)") from None  # fmt: skip
         if fit_n < 1 or eval_n < 1:
             raise DataError(f"--data {spec}: both counts must be at least 1")
-    fit = SceneSet(fit_n, seed, size=image_size, split="fit")
-    held = SceneSet(eval_n, seed, size=image_size, split="eval")
+    fit: Any = SceneSet(fit_n, seed, size=image_size, split="fit")
+    held: Any = SceneSet(eval_n, seed, size=image_size, split="eval")
+    if masks:
+        fit, held = SceneMasks(fit), SceneMasks(held)
     split = DataSplit(seed, fit_n, eval_n, "generated eval scenes (photo regions disjoint from "
                       "those of the fit scenes)")  # fmt: skip
-    return Data(spec, "scenes", "perception", fit, held, split, len(CLASSES),
+    task = "segmentation" if masks else "perception"
+    return Data(spec, name, task, fit, held, split, len(CLASSES),
                 (3, image_size, image_size), {"image_size": image_size})  # fmt: skip
 
 
