@@ -39,6 +39,7 @@ def save(
     source: LoadedModel | str | None = None,
     extra_files: dict[str, Any] | None = None,
     tensor_files: dict[str, Any] | None = None,
+    byte_files: dict[str, bytes] | None = None,
     force: bool = False,
     trust_code: bool = False,
 ) -> Path:
@@ -47,7 +48,8 @@ def save(
     ``source``: how the original was loaded -- a ``LoadedModel``, or a model spec loaded
     here to read its recipe; default: what ``pk.load`` returned for this very model object.
     ``directory`` may be an ``OutputDir`` a command has already checked. ``extra_files``:
-    JSON files written beside; ``tensor_files``: safetensors files (name -> tensors by key).
+    JSON files written beside; ``tensor_files``: safetensors files (name -> tensors by key);
+    ``byte_files``: raw files by relative path (pictures).
     """
     from prunekit.artifact import save as save_artifact
     from prunekit.errors import ModelSourceError
@@ -65,4 +67,5 @@ def save(
         raise ModelSourceError(f"source must be a LoadedModel or a model spec, got {source!r}")
     return save_artifact(model, directory, recipe=source.recipe, input_spec=source.input_spec,
                          task=source.task, extra_files=extra_files, tensor_files=tensor_files,
+                         byte_files=byte_files,
                          force=force)  # fmt: skip

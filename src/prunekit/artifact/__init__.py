@@ -129,13 +129,16 @@ def save(
     task: str = "unknown",
     extra_files: dict[str, Any] | None = None,
     tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
+    byte_files: dict[str, bytes] | None = None,
     force: bool = False,
 ) -> Path:
     """Save ``model`` (pruned or not) as an artifact directory; ``recipe`` builds its original.
 
     ``extra_files`` maps file names to JSON-able objects written beside (e.g. ``prune.json``);
     ``tensor_files`` maps file names to tensors saved as safetensors beside (e.g. the packed
-    ``sparse.safetensors`` of ``prunekit sparsify``), listed in the manifest with their hash.
+    ``sparse.safetensors`` of ``prunekit sparsify``), listed in the manifest with their hash;
+    ``byte_files`` maps relative paths to raw bytes written beside (pictures, e.g.
+    ``diagnosis/mask-sparse.png``).
     Before anything is written, the manifest is checked to rebuild ``model``'s structure: a
     recipe that builds another architecture is refused instead of saved unloadable.
     """
@@ -185,6 +188,12 @@ def save(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(data, indent=1))
+        for relative, raw in (byte_files or {}).items():
+            path = tmp / relative
+            if not path.resolve().is_relative_to(tmp.resolve()):
+                raise ArtifactError(f"{relative!r} would be written outside the artifact")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(raw)
 
     return target.write(writer)
 
