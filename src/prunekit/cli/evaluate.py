@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = None
     task = args.task
     if loaded.source == "huggingface" or (loaded.source == "artifact" and task == "embedding"):
-        tokenizer = _tokenizer(args.model)
+        tokenizer = load_tokenizer(args.model)
     result = evaluate(loaded.model, args.data, task=task,
                          example=loaded.input_spec.make(1),
                          reference=reference.model if reference else None, tokenizer=tokenizer,
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokenizer(directory: str) -> Any:
+def load_tokenizer(directory: str) -> Any:
     from prunekit.errors import ModelSourceError
 
     try:

@@ -10,6 +10,7 @@ per-layer sensitivity. Writes an artifact (dense ``model.safetensors`` that any 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from prunekit.cli._common import (
@@ -66,13 +67,21 @@ def register(sub: Any) -> None:
     parser.add_argument("--ramp", type=float, default=0.75, metavar="F",
                         help="gradual: share of the training over which sparsity ramps up; the "
                         "rest fine-tunes at the final sparsity (default 0.75)")  # fmt: skip
-    parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    parser.add_argument("--lr", type=float, metavar="LR",
+                        help="peak learning rate (default 0.01 with labels, SGD; 2e-4 "
+                        "distilling a sentence encoder, AdamW)")  # fmt: skip
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     parser.add_argument("--batch-size", type=int, default=64, metavar="N")
     parser.add_argument("--kd-temperature", type=float, default=4.0, metavar="T")
     parser.add_argument("--kd-alpha", type=float, default=0.7, metavar="A",
                         help="weight of distillation from the dense model, in [0, 1] (default 0.7)")  # fmt: skip
     parser.add_argument("--device", metavar="DEVICE", help="train on this device (default: cpu)")
+    parser.add_argument("--visualize", metavar="IMAGE",
+                        help="write diagnosis pictures for this image (PNG/JPEG) into "
+                        "DIR/diagnosis/: a layer's weight mask, its feature maps dense vs "
+                        "sparse and, for segmentation, where the predicted boundary moved")  # fmt: skip
+    parser.add_argument("--visualize-layer", metavar="LAYER",
+                        help="the Conv / Linear layer to draw (default: the one pruned most)")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
     parser.add_argument("--force", action="store_true",
                         help="replace DIR when it holds a previous `prunekit sparsify` output")  # fmt: skip
@@ -114,9 +123,45 @@ def _check_arguments(args: argparse.Namespace) -> None:
                              "N of every M in every layer: use one or the other")  # fmt: skip
     if args.allocation != "sensitivity" and args.sensitivity:
         raise InputSpecError("--sensitivity FILE is used by --allocation sensitivity only")
+    if args.visualize is not None and not Path(args.visualize).is_file():
+        raise InputSpecError(f"--visualize {args.visualize}: no such image file")
+    if args.visualize_layer and not args.visualize:
+        raise InputSpecError("--visualize-layer chooses the layer of --visualize IMAGE: give both")
+
+
+def _diagnosis(dense: Any, model: Any, args: argparse.Namespace, example: Any,
+               data: Any) -> dict[str, bytes]:  # fmt: skip
+    """The ``--visualize`` pictures as ``diagnosis/NAME.png`` -> bytes (written into the
+    artifact with everything else, atomically)."""
+    import tempfile
+
+    from prunekit.errors import InputSpecError
+    from prunekit.sparsity.diagnose import load_image, write_diagnosis
+
+    shape = example.tensors()[0].shape
+    if len(shape) != 4:
+        raise InputSpecError(f"--visualize draws image models; this one takes {list(shape)}")
+    # a segmentation folder's images are ImageNet-normalised; the built-in sets are in [0, 1]
+    normal = data is not None and data.kind == "segmentation"
+    imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)} if normal else {}
+    try:
+        image = load_image(args.visualize, (int(shape[2]), int(shape[3])), **imagenet)
+    except (OSError, ValueError) as exc:
+        raise InputSpecError(f"--visualize {args.visualize}: {exc}") from None
+    if shape[1] == 1:
+        image = image.mean(dim=0, keepdim=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            paths = write_diagnosis(dense, {"sparse": model}, image, Path(tmp),
+                                    layer=args.visualize_layer)  # fmt: skip
+        except ValueError as exc:
+            raise InputSpecError(f"--visualize-layer: {exc}") from None
+        return {f"diagnosis/{p.name}": p.read_bytes() for p in paths}
 
 
 def run(args: argparse.Namespace) -> int:
+    import copy
+
     import prunekit as pk
     from prunekit._outputs import check_output_dir
     from prunekit.api.sparsify import SparsifyConfig, sparsify_
@@ -135,15 +180,25 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     example = loaded.input_spec.make(1)
     data = pk.api.data.as_data(args.data, example=example, seed=args.seed) if args.data else None
+    tokenizer = None
+    if data is not None and data.task == "embedding" and Path(args.model).is_dir():
+        from prunekit.cli.evaluate import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
     record: dict[str, Any] = {"model": loaded.name}
+    dense = copy.deepcopy(loaded.model) if args.visualize else None
     sparsify_(loaded.model, config, data=data, sensitivity=args.sensitivity, example=example,
-              model_name=loaded.name, record=record, log=say)  # fmt: skip
+              model_name=loaded.name, record=record, log=say, tokenizer=tokenizer)  # fmt: skip
     model = loaded.model.cpu()
+    pictures = {}
+    if dense is not None:
+        pictures = _diagnosis(dense.cpu().eval(), model, args, example, data)
+        record["diagnosis"] = {"image": str(args.visualize), "files": sorted(pictures)}
     named = dict(model.named_parameters())
     packed = storage.pack({f"{layer['name']}.weight": named[f"{layer['name']}.weight"]
                            for layer in record["layers"]})  # fmt: skip
     pk.save(model, out, source=loaded, extra_files={"sparsify.json": record},
-            tensor_files={"sparse.safetensors": packed})  # fmt: skip
+            tensor_files={"sparse.safetensors": packed}, byte_files=pictures)  # fmt: skip
     if args.json:
         print_json(record)
         return 0
@@ -176,4 +231,6 @@ def _print_human(record: dict[str, Any], out: str) -> None:
     s = record["storage"]
     print(f"storage      dense {nbytes(s['dense'])}, bitmask {nbytes(s['bitmask'])}, "
           f"csr {nbytes(s['csr'])} (sparsified tensors; smallest: {s['best']})")  # fmt: skip
+    if "diagnosis" in record:
+        print(f"diagnosis    {', '.join(record['diagnosis']['files'])}")
     print(f"wrote {out}/ (prunekit.json, model.safetensors, sparse.safetensors, sparsify.json)")

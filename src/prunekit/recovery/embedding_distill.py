@@ -112,6 +112,7 @@ def distill_embeddings(
     autocast: torch.dtype | None = None,
     embedding_fn: Embedding = sentence_embedding,
     log: Callable[[str], None] = lambda _: None,
+    step_hook: Callable[[int, int, float], object] | None = None,
 ) -> EmbeddingDistillResult:
     """Train ``student`` in place to reproduce ``teacher``'s embeddings of ``batches``
     (tokenised dicts, e.g. ``prunekit.evaluate.embedding.sentence_batches``); AdamW with a
@@ -135,7 +136,10 @@ def distill_embeddings(
     teacher's targets stay float32. Most of a step is matrix products, so on CPUs with
     bfloat16 instructions (AVX-512 BF16, AMX) more steps fit the time budget (AVX-512 BF16, 2
     threads: 1.25x the steps per second on the dense MiniLM, 1.07x on MiniLM without half its
-    heads and half its FFN neurons, whose products are smaller)."""
+    heads and half its FFN neurons, whose products are smaller).
+
+    ``step_hook(epoch, step, loss)`` runs after every optimizer step (a sparsity schedule
+    raising its masks, say)."""
     if not batches:
         raise RecoveryError("embedding distillation needs at least one batch of sentences")
     if epochs < 1 or time_budget_s <= 0 or lr <= 0:
@@ -170,6 +174,8 @@ def distill_embeddings(
 
     def on_step(epoch: int, step: int, value: float) -> None:
         losses.append(value)
+        if step_hook is not None:
+            step_hook(epoch, step, value)
 
     frozen: set[int] = set()
     embeddings = getattr(student, "get_input_embeddings", None)
