@@ -124,7 +124,7 @@ def test_command_reference_covers_every_command() -> None:
 
     names = [name for name, _ in commands(build_parser())]
     assert names == [
-        "demo", "run", "analyze", "bench", "sensitivity", "profile", "plan", "prune",
+        "demo", "run", "analyze", "bench", "advise", "sensitivity", "profile", "plan", "prune",
         "finetune", "evaluate", "export", "sparsify", "pipeline", "mcu", "report", "models",
     ]  # fmt: skip
     text = generate()

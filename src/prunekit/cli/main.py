@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from prunekit import __version__
 from prunekit.cli import (
+    advise,
     analyze,
     bench,
     demo,
@@ -37,8 +38,8 @@ from prunekit.cli import (
 )
 
 COMMANDS = (
-    demo, recipe, analyze, bench, sensitivity, profile, plan, prune, finetune, evaluate, export,
-    sparsify, pipeline, mcu, report, models,
+    demo, recipe, analyze, bench, advise, sensitivity, profile, plan, prune, finetune, evaluate,
+    export, sparsify, pipeline, mcu, report, models,
 )  # fmt: skip
 
 
