@@ -20,7 +20,6 @@ At the end the masks are made permanent: the model holds plain zeros, no hook is
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -300,7 +299,6 @@ def sparsify_(
     from prunekit._checks import check_module
     from prunekit.api._sparsify_tasks import task_for
     from prunekit.api.data import as_data
-    from prunekit.report.masks import layer_sparsity
     from prunekit.sparsity import CubicSchedule, GradualPruner, MaskSet, magnitude_masks, nm_mask
 
     check_module(model)
@@ -371,7 +369,7 @@ def sparsify_(
     seconds = time.perf_counter() - began
     model.eval()
     _fill_record(record, model, config, weights, skipped, shares, task, dense_metric,
-                 sensitivity_info, fit_record, ramp_completed, seconds, layer_sparsity)  # fmt: skip
+                 sensitivity_info, fit_record, ramp_completed, seconds)  # fmt: skip
 
 
 def _chain(*hooks: Any) -> Callable[[int, int, float], None]:
@@ -404,8 +402,8 @@ def _fill_record(
     fit_record: Mapping[str, Any],
     ramp_completed: bool | None,
     seconds: float,
-    layer_sparsity: Callable[..., list[dict[str, Any]]],
 ) -> None:
+    from prunekit.report.masks import layer_sparsity
     from prunekit.sparsity.storage import best, storage_bytes
 
     if record is None:
@@ -454,5 +452,3 @@ def _fill_record(
         "targeted_weights": total,
         "nonzero_weights": total - zeros,
     })  # fmt: skip
-    if not math.isfinite(record["sparsity"]):
-        record["sparsity"] = 0.0

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from prunekit.sparsity.diagnose import weighted_modules
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -60,7 +62,6 @@ NM_GROUP_SIZES = (4, 8)
 # unstructured layer would often "fit" 4:8, and a small 75% one 2:4.
 _NM_FILL = 0.75
 _NM_EXPECTED_BREAKS = 3.0
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BIG_IMAGE = 600  # pixels along a side above which images are drawn antialiased, not nearest
 # masks with more rows / columns than this are drawn as the kept fraction of blocks (a VGG fc6
 # mask has 100M entries: matplotlib would need gigabytes, and a page shows ~1000 pixels anyway)
@@ -148,16 +149,6 @@ def _facts(name: str, keep: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _weighted_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, _WEIGHTED)
-        and isinstance(module.weight, Tensor)
-        and not isinstance(module.weight, nn.parameter.UninitializedParameter)
-    }
-
-
 def layer_sparsity(model: nn.Module, *, min_sparsity: float = 0.0) -> list[dict[str, Any]]:
     """Sparsity facts of every Conv1d/2d/3d and Linear weight of ``model``, in module order.
 
@@ -170,7 +161,7 @@ def layer_sparsity(model: nn.Module, *, min_sparsity: float = 0.0) -> list[dict[
     if isinstance(min_sparsity, bool) or not 0.0 <= float(min_sparsity) <= 1.0:
         raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
     facts = [
-        _facts(name, _kept(_weight(module))) for name, module in _weighted_modules(model).items()
+        _facts(name, _kept(_weight(module))) for name, module in weighted_modules(model).items()
     ]
     return [f for f in facts if min_sparsity <= 0 or 1.0 - f["density"] >= min_sparsity]
 
@@ -341,7 +332,7 @@ def mask_image(weight: Tensor | np.ndarray, title: str) -> Figure:
 
 
 def _module(model: nn.Module, layer: str, which: str) -> nn.Module:
-    modules = _weighted_modules(model)
+    modules = weighted_modules(model)
     if layer not in modules:
         names = list(modules)
         shown = ", ".join(repr(n) for n in names[:8]) + (

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.sparsity.masks import SparsityError
+from prunekit.sparsity.schedule import _PRUNABLE
 
 __all__ = [
     "ALLOCATIONS",
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 ALLOCATIONS = ("uniform", "global", "sensitivity")
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # below this many weights a tensor is not worth a mask (a classifier bias-sized layer)
 _MIN_WEIGHTS = 16
 

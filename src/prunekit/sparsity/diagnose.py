@@ -50,6 +50,7 @@ __all__ = [
     "load_image",
     "mask_disagreement",
     "predicted_classes",
+    "weighted_modules",
     "write_diagnosis",
 ]
 
@@ -64,7 +65,9 @@ _CHANGED = np.array([1.0, 0.1, 0.1], dtype=np.float32)  # the colour of changed 
 # facts
 
 
-def _weighted(model: nn.Module) -> dict[str, nn.Module]:
+def weighted_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv1d/2d/3d and Linear module with a materialised weight, by qualified name, in
+    module order (also what the report's mask pictures draw)."""
     return {
         name: module
         for name, module in model.named_modules()
@@ -90,8 +93,8 @@ def channel_kept(weight: Tensor) -> Tensor:
 def _shared(dense: nn.Module, variants: Mapping[str, nn.Module]) -> dict[str, list[Tensor]]:
     """Weighted layers present in the dense model and every variant with one weight shape:
     name -> [dense weight, weight of each variant]."""
-    found = _weighted(dense)
-    others = [_weighted(model) for model in variants.values()]
+    found = weighted_modules(dense)
+    others = [weighted_modules(model) for model in variants.values()]
     shared: dict[str, list[Tensor]] = {}
     for name, module in found.items():
         weights = [_weight(module)]
@@ -535,7 +538,7 @@ def write_diagnosis(
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     slugs = {name: _slug(name, taken) for name in variants}
-    dense_module = _weighted(dense)[layer]
+    dense_module = weighted_modules(dense)[layer]
     dense_output, dense_maps = _run(dense, batch, dense_module)
     assert dense_maps is not None
     dense_logits = _logits(dense_output)
@@ -544,7 +547,7 @@ def write_diagnosis(
     maps: dict[str, Tensor] = {}
     logits: dict[str, Tensor | None] = {}
     for name, model in variants.items():
-        module = _weighted(model)[layer]
+        module = weighted_modules(model)[layer]
         weight = _weight(module)
         kept[name] = channel_kept(weight).numpy()
         output, captured = _run(model, batch, module)
