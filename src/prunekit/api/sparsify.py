@@ -93,17 +93,10 @@ class SparsifyConfig(VerbConfig):
         choice(self.schedule, "schedule", SCHEDULES)
         choice(self.allocation, "allocation", ALLOCATIONS)
         number(self.floor, "floor", low=0, high=1, strict=True)
-        positive_int(self.epochs, "epochs", optional=True)
-        number(self.seconds, "seconds", low=0, strict=True, optional=True)
         number(self.ramp, "ramp", low=0, high=1, strict=True)
-        number(self.lr, "lr", low=0, strict=True, optional=True)
-        choice(self.optimizer, "optimizer", ("sgd", "adamw"))
-        positive_int(self.batch_size, "batch_size")
-        number(self.weight_decay, "weight_decay", low=0)
-        number(self.kd_temperature, "kd_temperature", low=0, strict=True)
-        number(self.kd_alpha, "kd_alpha", low=0, high=1)
-        number(self.validation, "validation", low=0, high=0.5, strict=True)
         positive_int(self.sensitivity_samples, "sensitivity_samples")
+        # the training fields are RecoverConfig's: it checks them (one set of rules)
+        self.recover_config()
         for name in ("layers", "ignore"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
@@ -125,6 +118,7 @@ class SparsifyConfig(VerbConfig):
         return float(self.sparsity)
 
     def recover_config(self) -> Any:
+        """The ``RecoverConfig`` the fine-tune runs with (the training fields, checked)."""
         from prunekit.api.recover import RecoverConfig
 
         return RecoverConfig(
@@ -404,7 +398,7 @@ def _fill_record(
     seconds: float,
 ) -> None:
     from prunekit.report.masks import layer_sparsity
-    from prunekit.sparsity.storage import best, storage_bytes
+    from prunekit.sparsity.storage import layer_storage, storage_totals
 
     if record is None:
         return
@@ -414,16 +408,9 @@ def _fill_record(
     layers = []
     for name, w in weights.items():
         module = name.removesuffix(".weight")
-        fact = facts.get(module, {})
-        layers.append({
-            "name": module, "shape": list(w.shape),
-            "density": float((w.detach() != 0).sum()) / w.numel(),
-            "pattern": fact.get("pattern", "unstructured"),
-            "planned_sparsity": round(float(shares[name]), 6),
-            "nonzeros": int((w.detach() != 0).sum()),
-            "bytes": storage_bytes(w),
-        })  # fmt: skip
-    storage = {f: sum(layer["bytes"][f] for layer in layers) for f in ("dense", "bitmask", "csr")}
+        pattern = facts.get(module, {}).get("pattern", "unstructured")
+        layers.append({**layer_storage(module, w, pattern),
+                       "planned_sparsity": round(float(shares[name]), 6)})  # fmt: skip
     metric: dict[str, Any] = {"dense": None, "final": None, "split": None, "samples": None}
     if dense_metric is not None and task is not None:
         final = task.measure(model)
@@ -447,7 +434,7 @@ def _fill_record(
         "finetune": dict(fit_record) if fit_record else None,
         "ramp_completed": ramp_completed,
         "seconds": round(seconds, 2),
-        "storage": {**storage, "best": best(storage),
+        "storage": {**storage_totals(layers),
                     "note": "bytes of the sparsified tensors only, at their dtype"},
         "targeted_weights": total,
         "nonzero_weights": total - zeros,

@@ -55,21 +55,16 @@ def sparse_layers(model: Any) -> dict[str, Any]:
     """The Linear / Conv layers holding at least 1% exact zeros: non-zeros, density, pattern
     (unstructured or N:M) and the bytes each storage format would take; with totals."""
     from prunekit.report.masks import layer_sparsity
-    from prunekit.sparsity.storage import FORMATS, best, storage_bytes
+    from prunekit.sparsity.storage import layer_storage, storage_totals
 
     modules = dict(model.named_modules())
-    layers = []
-    for fact in layer_sparsity(model, min_sparsity=0.01):
-        weight = modules[fact["name"]].weight
-        layers.append({"name": fact["name"], "shape": fact["shape"], "params": fact["params"],
-                       "nonzeros": fact["params"] - fact["zeros"], "density": fact["density"],
-                       "pattern": fact["pattern"], "bytes": storage_bytes(weight)})  # fmt: skip
-    totals = {f: sum(layer["bytes"][f] for layer in layers) for f in FORMATS}
+    layers = [layer_storage(fact["name"], modules[fact["name"]].weight, fact["pattern"])
+              for fact in layer_sparsity(model, min_sparsity=0.01)]  # fmt: skip
     return {
         "layers": layers,
         "params": sum(layer["params"] for layer in layers),
         "nonzeros": sum(layer["nonzeros"] for layer in layers),
-        "storage": {**totals, "best": best(totals) if layers else None},
+        "storage": storage_totals(layers),
     }
 
 

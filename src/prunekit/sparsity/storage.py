@@ -21,12 +21,16 @@ picks the smallest for a given tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["FORMATS", "best", "pack", "storage_bytes", "unpack", "unpack_file"]
+__all__ = [
+    "FORMATS", "best", "layer_storage", "pack", "storage_bytes", "storage_totals", "unpack",
+    "unpack_file",
+]  # fmt: skip
 
 FORMATS = ("dense", "bitmask", "csr")
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
@@ -48,6 +52,25 @@ def storage_bytes(weight: Tensor) -> dict[str, int]:
 def best(sizes: Mapping[str, int]) -> str:
     """The smallest format (dense on a tie: it needs no decoding)."""
     return min(FORMATS, key=lambda f: (sizes[f], FORMATS.index(f)))
+
+
+def layer_storage(name: str, weight: Tensor, pattern: str) -> dict[str, Any]:
+    """One sparse layer's row, as ``analyze`` lists it and ``sparsify.json`` records it:
+    ``name``, ``shape``, ``params``, ``nonzeros``, ``density``, ``pattern`` and ``bytes``
+    (``storage_bytes``)."""
+    nonzeros = int((weight.detach() != 0).sum())
+    return {
+        "name": name, "shape": list(weight.shape), "params": weight.numel(),
+        "nonzeros": nonzeros, "density": nonzeros / weight.numel() if weight.numel() else 1.0,
+        "pattern": pattern, "bytes": storage_bytes(weight),
+    }  # fmt: skip
+
+
+def storage_totals(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The bytes of every format summed over ``layers`` (``layer_storage`` rows) and the
+    smallest (``best``; None without layers)."""
+    totals: dict[str, Any] = {f: sum(layer["bytes"][f] for layer in layers) for f in FORMATS}
+    return {**totals, "best": best(totals) if layers else None}
 
 
 def pack(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
