@@ -345,3 +345,32 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, tiny_file: str, tmp_path:
     assert len(lines) == 1 and lines[0].startswith("prunekit advise: error: "), result.err
     assert message in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="2:4 sparse tensor cores need CUDA with compute capability >= 8.0 (none here)",
+)
+def test_the_2_4_variant_on_cuda_is_exact_2_4_and_computes_the_masked_model() -> None:
+    """On an Ampere-or-newer GPU: every converted Linear holds a semi-structured weight whose
+    dense form keeps exactly 2 of every 4 inputs, the variant is timed against float16 dense,
+    and real timings give a speedup row per batch size."""
+    from prunekit.advise.strategies import semi_structured_variants
+    from prunekit.inputs import TensorSpec
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512)).eval()
+    spec = TensorSpec(((128, 512),))
+    example = spec.make(1)
+    (variant,), dense16 = semi_structured_variants(model, example, count_macs(model, example),
+                                                   torch.device("cuda"))  # fmt: skip
+    assert variant.model is not None and dense16 is not None, variant.note
+    assert variant.reference == "dense-fp16" and variant.details["layers"] == ["0", "2"]
+    for name in ("0", "2"):
+        weight = variant.model.model.get_submodule(name).weight.to_dense()
+        groups = (weight != 0).reshape(weight.shape[0], -1, 4).sum(-1)
+        assert bool((groups == 2).all())
+    record = advise(model, spec, batch_sizes=[1, 8], device="cuda", rounds=2)
+    rows = [r for r in record["rows"] if r["strategy"] == "2:4"]
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    assert all(r["speedup"] is not None and r["speedup"] > 0 for r in rows)

@@ -38,7 +38,11 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"budget_ms": 10}, "exactly one of budget_ms"),
         ({"budget_fraction": 1.5}, "at most 1"),
         ({"budget_fraction": -1}, "positive number"),
-        ({"backend": "onnxruntime"}, "backend 'onnxruntime' is not supported"),
+        (
+            {"backend": "tflite"},
+            "backend 'tflite' is not supported by prunekit pipeline; use "
+            "one of eager, onnxruntime, compile",
+        ),
         (
             {"backend": "tensorrt"},
             "backend tensorrt needs TensorRT, which is not installed"
@@ -221,6 +225,49 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
                                                 "the pipeline runs on cpu"):  # fmt: skip
         run_pipeline(_with_tables(tables), tmp_path / "d")
     assert not (tmp_path / "d").exists()
+    # a table timed in eager PyTorch does not predict ONNX Runtime's latency
+    tables = _linear_tables(tmp_path)
+    with pytest.raises(PipelineSpecError, match="measured with the eager backend, but the "
+                                                "pipeline runs on onnxruntime"):  # fmt: skip
+        run_pipeline({**_with_tables(tables), "backend": "onnxruntime"}, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+def test_pipelines_are_timed_on_the_chosen_backend() -> None:
+    """On onnxruntime the frames run ONNX sessions: the PyTorch forward runs only to export
+    and to check parity, however many calls are timed; in eager every timed call runs it."""
+    import torch
+    from torch import nn
+
+    from prunekit.inputs import TensorSpec
+    from prunekit.measure.latency import TimingPolicy
+    from prunekit.planning.pipeline import measure_pipelines
+
+    pytest.importorskip("onnxruntime")
+
+    class Counted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.conv(x)
+
+    policy = TimingPolicy(warmup_calls=1, warmup_s=0.0, min_repeats=5, min_time_s=0.0,
+                          max_repeats=5, max_time_s=1.0)  # fmt: skip
+    example = TensorSpec(((1, 1, 8, 8),)).make(1)
+    calls = {}
+    for backend in ("eager", "onnxruntime"):
+        a, b = Counted(), Counted()
+        out = measure_pipelines({"v": [("a", a, example), ("b", b, example)]}, rounds=3,
+                                threads=1, policy=policy, backend=backend)  # fmt: skip
+        assert out["v"]["total_ms"] > 0 and set(out["v"]["stages"]) == {"a", "b"}
+        calls[backend] = a.calls
+    # 3 rounds x (stage alone + frame) x (1 warm-up + 5 timed) = 36 eager forwards
+    assert calls["eager"] >= 36
+    assert calls["onnxruntime"] <= 4  # export traces + the parity reference
 
 
 def test_the_command_refuses_bad_files_in_one_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

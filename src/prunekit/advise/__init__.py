@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.advise.recommend import recommend
+from prunekit.advise.recommend import label, recommend
 from prunekit.advise.strategies import Variant, build_variants
 from prunekit.errors import InputSpecError, PrunekitError
 from prunekit.inputs import InputSpec
@@ -91,6 +91,7 @@ def rows_of(variants: Sequence[Variant], comparisons: Sequence[Comparison]) -> l
                 "speedup": None, "speedup_range": None, "macs_kept": v.macs_kept,
                 "note": v.note,
             }  # fmt: skip
+            row["label"] = label(row)  # how the sentence and the report name it
             if v.model is not None and v.key in c.rounds_ms:
                 ratios = [d / m for d, m in zip(c.rounds_ms[v.reference], c.rounds_ms[v.key],
                                                 strict=True)]  # fmt: skip

@@ -39,6 +39,8 @@ from prunekit.evaluate.tasks import TaskDrop, TaskMetric, agreement, check_label
 
 __all__ = ["PipelineSpecError", "agreement", "parse_pipeline", "run_pipeline"]
 
+# where the stages can be timed; tensorrt is refused with its own message (parse_pipeline)
+PIPELINE_BACKENDS = ("eager", "onnxruntime", "compile")
 TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "batch_size", "threads",
             "rounds", "stages", "metric_samples", "lut_timing", "cache", "replan"}  # fmt: skip
 STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
@@ -79,9 +81,9 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
         raise PipelineSpecError(f"{where}: backend tensorrt needs TensorRT, which is not "
                                 "installed here (NVIDIA GPUs: pip install tensorrt; Jetson: "
                                 "it comes with JetPack)")  # fmt: skip
-    if backend != "eager":
+    if backend not in PIPELINE_BACKENDS:
         raise PipelineSpecError(f"{where}: backend {backend!r} is not supported by "
-                                "prunekit pipeline yet (eager only)")  # fmt: skip
+                                f"prunekit pipeline; use one of {', '.join(PIPELINE_BACKENDS)}")  # fmt: skip
     for key in ("replan", "rounds", "metric_samples", "batch_size", "threads"):
         value = data.get(key)
         low = 0 if key == "replan" else 1
@@ -162,14 +164,20 @@ def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> dict[str, Any]:
             "items": None, "held_from": f"{samples} seeded random inputs (no data: given)"}  # fmt: skip
 
 
-def _check_table_device(stage: str, path: Any, lut: Any, device: str) -> None:
-    """A table measured on another kind of device predicts another machine's latency."""
+def _check_table_device(stage: str, path: Any, lut: Any, device: str, backend: str) -> None:
+    """A table measured on another kind of device, or on another backend, predicts another
+    runtime's latency."""
     measured = str(lut.device.get("type", "")) or "an unrecorded device"
     if measured != str(device).split(":")[0]:
         name = lut.device.get("name")
         raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured on "
                                 f"{measured}{f' ({name})' if name else ''}, but the pipeline "
                                 f"runs on {device}; profile the stage on {device}")  # fmt: skip
+    on = str(lut.device.get("backend") or "eager")
+    if on != backend:
+        raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured with "
+                                f"the {on} backend, but the pipeline runs on {backend}; "
+                                f"profile the stage with --backend {backend}")  # fmt: skip
 
 
 def _task_metric(stage: dict[str, Any], inputs: dict[str, Any]) -> TaskMetric | None:
@@ -219,6 +227,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         spec = parse_pipeline(spec)
     target = check_output_dir(out, "prunekit pipeline", force=force, log=say)
     device, threads = spec.get("device", "cpu"), spec.get("threads")
+    backend = str(spec.get("backend", "eager"))
     batch, samples = int(spec.get("batch_size", 1)), int(spec.get("metric_samples", 64))
     cache = Path(spec["cache"]) if spec.get("cache") else None
     if cache is not None:
@@ -261,11 +270,12 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         if table_file:
             lut = LatencyTable.load(table_file)
             lut.check_model(model, example, graph, batch_size=batch)
-            _check_table_device(name, table_file, lut, device)
+            _check_table_device(name, table_file, lut, device, backend)
         else:
             say(f"{name}: latency table ({device}, batch {batch})")
             lut = profile_latency(model, example, graph, device=device, batch_size=batch,
                                   threads=threads, model_name=stage["model"], blocks=blocks,
+                                  backend=backend,
                                   policy=TimingPolicy(**spec["lut_timing"])
                                   if spec.get("lut_timing") else None)  # fmt: skip
             if cached is not None:
@@ -284,7 +294,8 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         facts[name] = {"loaded": loaded, "model": model, "example": example, "sens": sens,
                        "lut": lut, "sizes": sizes, "metric": metric, **inputs}  # fmt: skip
     dense_variant = {"dense": [(n, f["model"], f["example"]) for n, f in facts.items()]}
-    dense_ms = measure_pipelines(dense_variant, rounds=3, threads=threads, device=device)
+    dense_ms = measure_pipelines(dense_variant, rounds=3, threads=threads, device=device,
+                                 backend=backend)  # fmt: skip
     dense_total = dense_ms["dense"]["total_ms"]
     predicted_dense = sum(s.dense_ms for s in stages)
     budget_ms = float(spec.get("budget_ms") or spec["budget_fraction"] * dense_total)
@@ -335,7 +346,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         variants = {v: [(n, m, facts[n]["example"]) for n, m in ms.items()]
                     for v, ms in models.items()}  # fmt: skip
         return measure_pipelines(variants, rounds=int(spec.get("rounds", 5)), threads=threads,
-                                 device=device)  # fmt: skip
+                                 device=device, backend=backend)  # fmt: skip
 
     models: dict[str, dict[str, Any]] = {
         "dense": {n: f["model"] for n, f in facts.items()},
@@ -384,7 +395,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         replans.append(step)
         measured = measure(models)
     record: dict[str, Any] = {"budget_ms": budget_ms, "budget_predicted_ms": budget_pred,
-                              "device": device, "backend": "eager", "batch_size": batch,
+                              "device": device, "backend": backend, "batch_size": batch,
                               "threads": threads, "planning_s": planning_s,
                               "timings": {k: round(v, 3) for k, v in timings.items()},
                               "uniform_ratio": ratio,

@@ -22,9 +22,11 @@ def register(sub: Any) -> None:
         "report",
         help="write the report: accuracy retention, MACs and latency cut, GPU cost, plots",
         description="Read the outputs of prunekit commands (a `prunekit run` directory, a "
-        "prune or finetune output, an mcu/demo output, a transformer output) and write "
-        "DIR/report.html (one self-contained page), DIR/report.json and DIR/report.md. "
-        "Several inputs are compared side by side; they must prune the same dense model.",
+        "prune, finetune or sparsify output, an mcu/demo output, a transformer output, an "
+        "`advise --out` directory) and write DIR/report.html (one self-contained page), "
+        "DIR/report.json and DIR/report.md. Several inputs are compared side by side; they "
+        "must prune the same dense model. An advise output gets a section of its own: what "
+        "each kind of pruning measured on its machine, and the recommendation.",
     )
     parser.add_argument("inputs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, metavar="DIR")

@@ -267,15 +267,18 @@ def measure_pipelines(
     threads: int | None = None,
     device: str = "cpu",
     policy: Any = None,
+    backend: str = "eager",
 ) -> dict[str, dict[str, Any]]:
     """Time whole pipelines interleaved: ``variants`` maps a name (dense, planned, uniform) to
-    its stages ``(stage name, model, example inputs)``, run one after another per frame. Each
-    round times every variant's frame and every stage alone, in an order rotating from round
-    to round (``measure.compare``'s scheme); medians over rounds, in ms."""
+    its stages ``(stage name, model, example inputs)``, run one after another per frame on
+    ``backend`` (each stage its own runtime: an ONNX Runtime session, a compiled module...).
+    Each round times every variant's frame and every stage alone, in an order rotating from
+    round to round (``measure.compare``'s scheme); medians over rounds, in ms."""
     import statistics
 
     import torch
 
+    from prunekit.measure.backends import backend_class
     from prunekit.measure.compare import ROUND_POLICY, round_orders
     from prunekit.measure.latency import intra_op_threads, resolve_device, time_calls, timer_for
 
@@ -283,25 +286,26 @@ def measure_pipelines(
     timer = timer_for(dev)
     n_threads = threads or torch.get_num_threads()
     calls: dict[str, Callable[[], Any]] = {}  # "variant/stage"; "variant/" is the frame
-
-    def call(model: Any, example: Any) -> Callable[[], Any]:
-        def run() -> Any:
-            with torch.no_grad():
-                return example.call(model)
-
-        return run
-
-    for variant, stages in variants.items():
-        for stage, model, example in stages:
-            model.eval().to(dev)
-            calls[f"{variant}/{stage}"] = call(model, example.to(dev))
-        calls[f"{variant}/"] = _frame([calls[f"{variant}/{s}"] for s, _, _ in stages])
-    timed: dict[str, list[float]] = {key: [] for key in calls}
-    with intra_op_threads(n_threads):
-        for order in round_orders(list(calls), rounds):
-            for key in order:
-                samples, _ = time_calls(calls[key], timer, policy or ROUND_POLICY)
-                timed[key].append(statistics.median(samples))
+    runtimes: list[Any] = []
+    timed: dict[str, list[float]] = {}
+    try:
+        with intra_op_threads(n_threads):
+            for variant, stages in variants.items():
+                for stage, model, example in stages:
+                    runtime = backend_class(backend)(model.eval().to(dev), dev, n_threads)
+                    runtimes.append(runtime)
+                    inputs = example.to(dev)
+                    batch = inputs.tensors()[0].shape[0] if inputs.tensors() else 1
+                    calls[f"{variant}/{stage}"] = runtime.runner(inputs, batch)
+                calls[f"{variant}/"] = _frame([calls[f"{variant}/{s}"] for s, _, _ in stages])
+            timed = {key: [] for key in calls}
+            for order in round_orders(list(calls), rounds):
+                for key in order:
+                    samples, _ = time_calls(calls[key], timer, policy or ROUND_POLICY)
+                    timed[key].append(statistics.median(samples))
+    finally:
+        for runtime in runtimes:
+            runtime.close()
     out: dict[str, dict[str, Any]] = {}
     for variant, stages in variants.items():
         out[variant] = {

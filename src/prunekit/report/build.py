@@ -80,8 +80,11 @@ def build_report(
     """``report.json`` for ``inputs`` (output directories of prunekit commands), in order."""
     if not inputs:
         raise ReportInputError("give at least one prunekit output directory to report on")
-    runs = [read_input(p, names[i] if names and i < len(names) else None)
+    read = [read_input(p, names[i] if names and i < len(names) else None)
             for i, p in enumerate(inputs)]  # fmt: skip
+    # an advise record measures a machine, not a pruned model: it gets a section, not a column
+    advice = [r for r in read if r["kind"] == "advise"]
+    runs = [r for r in read if r["kind"] != "advise"]
     _unique_names(runs)
     check_comparable(runs)
     specs = list(cost_specs) or [cost_model.cost_spec({})]
@@ -101,7 +104,7 @@ def build_report(
     return {
         "format": FORMAT,
         "version": 1,
-        "title": title or _default_title(runs),
+        "title": title or _default_title(runs, advice),
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "prunekit": __version__,
         "inputs": [str(p) for p in inputs],
@@ -119,10 +122,13 @@ def build_report(
             "the priced batch size / that batch size",
         },
         "runs": runs,
+        "advice": advice,
     }
 
 
-def _default_title(runs: Sequence[dict[str, Any]]) -> str:
+def _default_title(runs: Sequence[dict[str, Any]], advice: Sequence[dict[str, Any]]) -> str:
+    if not runs:
+        return f"What pruning pays on this machine: {advice[0]['model'] or advice[0]['name']}"
     model = runs[0]["model"]["name"] or runs[0]["name"]
     return f"Pruning report: {model}"
 

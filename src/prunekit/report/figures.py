@@ -354,7 +354,22 @@ def mcu_figure(runs: list[dict[str, Any]]) -> Figure | None:
     )  # fmt: skip
 
 
+def diagnosis_figures(run: dict[str, Any], index: int) -> list[Figure]:
+    """The pictures ``prunekit sparsify --visualize`` drew, as they are (already PNGs)."""
+    out = []
+    for k, picture in enumerate(run.get("diagnosis") or []):
+        path = Path(picture["file"])
+        image = f" on {Path(picture['image']).name}" if picture.get("image") else ""
+        out.append({"id": f"diagnosis-{index}-{k}",
+                    "title": f"Diagnosis{image}: {path.stem} ({run['name']})",
+                    "caption": picture.get("caption", ""), "file": f"figures/diagnosis-{index}-{k}.png",
+                    "sources": [str(path)], "png": path.read_bytes()})  # fmt: skip
+    return out
+
+
 def draw_figures(report: dict[str, Any]) -> list[Figure]:
+    from prunekit.report.advice import advice_figure
+
     runs = report["runs"]
     figures: list[Figure | None] = [tradeoff_figure(runs), latency_figure(runs),
                                     widths_figure(runs)]  # fmt: skip
@@ -366,5 +381,7 @@ def draw_figures(report: dict[str, Any]) -> list[Figure]:
     figures.append(density_figure(runs))
     for i, run in enumerate(runs):
         figures.extend(mask_figures(run, i))
+        figures.extend(diagnosis_figures(run, i))
     figures.append(mcu_figure(runs))
+    figures += [advice_figure(a, k) for k, a in enumerate(report.get("advice") or [])]
     return [f for f in figures if f is not None]

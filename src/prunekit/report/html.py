@@ -90,21 +90,24 @@ def _figure(figure: dict[str, Any]) -> str:
 def render_html(report: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     tables = {t.id: t for t in all_tables(report)}
     runs = report["runs"]
+    inputs = [*runs, *(report.get("advice") or [])]
     parts = [
         f"<h1>{escape(report['title'])}</h1>",
         f'<p class="meta">Generated {escape(report["generated"])} by prunekit '
-        f"{escape(report['prunekit'])} from {len(runs)} input"
-        f"{'s' if len(runs) > 1 else ''}: "
-        + ", ".join(f"<code>{escape(r['path'])}</code> ({escape(r['kind'])})" for r in runs)
+        f"{escape(report['prunekit'])} from {len(inputs)} input"
+        f"{'s' if len(inputs) > 1 else ''}: "
+        + ", ".join(f"<code>{escape(r['path'])}</code> ({escape(r['kind'])})" for r in inputs)
         + ".</p>",
-        _table(tables.pop("headline")),
-        _notes(report),
     ]  # fmt: skip
+    if "headline" in tables:
+        parts.append(_table(tables.pop("headline")))
+    parts.append(_notes(report))
     sections = (("Latency", "latency-"), ("Cost projection", "cost"), ("Sizes", "bytes"),
-                ("Microcontroller", "mcu"), ("Sparsity", "sparsity-"))  # fmt: skip
+                ("What pays on the target, measured", "advice-"), ("Microcontroller", "mcu"),
+                ("Sparsity", "sparsity-"))  # fmt: skip
     for title, prefix in sections:
         chosen = [t for tid, t in tables.items() if tid.startswith(prefix)]
-        if prefix == "latency-" and not chosen:
+        if prefix == "latency-" and not chosen and runs:
             parts.append(f"<h2>{title}</h2>{NO_LATENCY}")
         if chosen:
             parts.append(f"<h2>{escape(title)}</h2>")

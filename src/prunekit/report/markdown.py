@@ -25,7 +25,8 @@ def _table(table: Table) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     parts = [f"# {report['title']}", "",
              f"Generated {report['generated']} by prunekit {report['prunekit']} from: "
-             + ", ".join(f"`{r['path']}` ({r['kind']})" for r in report["runs"]) + "."]  # fmt: skip
+             + ", ".join(f"`{r['path']}` ({r['kind']})"
+                         for r in [*report["runs"], *(report.get("advice") or [])]) + "."]  # fmt: skip
     notes = [f"- **{r['name']}**: {n}" for r in report["runs"] for n in r.get("notes", [])]
     for r in report["runs"]:
         notes += [f"- **{r['name']}**, {c['gpu']}: cost scaled: {c['scaled_from']['method']}"

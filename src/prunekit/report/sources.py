@@ -1,7 +1,7 @@
 """Read what prunekit commands wrote into one record per input: the facts a report shows.
 
 Each reader takes an output directory of one command (``prunekit run``, ``prune``,
-``finetune``, ``mcu``/``demo``, ``prune --heads``) and returns a plain dict (``RunFacts``
+``finetune``, ``sparsify``, ``mcu``/``demo``, ``prune --heads``) and returns a plain dict (``RunFacts``
 keys below) in which every figure names the file it came from (``files``). Nothing here
 loads a model or runs code: the facts are in the JSON records and the safetensors headers.
 A figure that was never measured stays ``None`` with a note saying so; none is invented.
@@ -10,13 +10,16 @@ RunFacts keys: ``name``, ``kind``, ``path``, ``model`` (``name``), ``accuracy`` 
 ``dense``, ``final``, ``split``, ``samples``, ``split_from``), ``retention``, ``macs`` and
 ``params`` (``dense``, ``final``, ``reduction``), ``bytes`` (``float32``/``int8``: ``dense``,
 ``final``; ``deployed``: ``format``, ``bytes``, ``file``), ``latency`` (rows), ``widths``,
-``sensitivity_file``, ``mcu``, ``weights_file``, ``files``, ``notes``.
+``sensitivity_file``, ``mcu``, ``weights_file``, ``files``, ``notes``; a sparsify output adds
+``sparsify`` and ``diagnosis``. An ``advise`` output is no run: ``read_advise`` returns its
+measured rows and recommendation (``kind: "advise"``), shown in a section of their own.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -333,9 +336,100 @@ def read_mcu(path: Path, name: str | None) -> dict[str, Any]:
     return facts
 
 
+def _artifact_params(path: Path) -> int | None:
+    """All parameters and buffers of an artifact, from its manifest's tensor shapes."""
+    manifest = path / "prunekit.json"
+    if not manifest.is_file():
+        return None
+    tensors = _read_json(manifest).get("tensors") or {}
+    return sum(math.prod(t.get("shape") or []) for t in tensors.values()) or None
+
+
+DIAGNOSIS_CAPTIONS = {
+    "mask": "The weight mask of the diagnosed layer (kept dark, pruned white): which of its "
+    "channels lost most weights.",
+    "features": "The diagnosed layer's feature maps on the chosen image, dense against sparse.",
+    "boundary": "The predicted segmentation, dense against sparse; the pixels whose class "
+    "changed are outlined over the activations of the channels that lost most weights.",
+}
+
+
+def read_sparsify(path: Path, name: str | None) -> dict[str, Any]:
+    """A ``prunekit sparsify`` output (``sparsify.json`` in the artifact, diagnosis pictures)."""
+    facts = _empty(path, "sparsify", name)
+    source = str(path / "sparsify.json")
+    record = _read_json(path / "sparsify.json")
+    facts["model"] = {"name": record.get("model")}
+    metric = record.get("metric") or {}
+    if metric.get("final") is not None:
+        facts["accuracy"] = {"metric": metric.get("name"), "dense": metric.get("dense"),
+                             "final": metric.get("final"), "split": metric.get("split"),
+                             "samples": metric.get("samples"), "split_from": None,
+                             "data": metric.get("data")}  # fmt: skip
+        facts["retention"] = _retention(facts["accuracy"])
+        facts["files"]["accuracy"] = source
+    else:
+        facts["notes"].append("accuracy not measured: `prunekit sparsify` was given no --data")
+    total = _artifact_params(path)
+    targeted, nonzero = record.get("targeted_weights"), record.get("nonzero_weights")
+    if total is not None and targeted is not None and nonzero is not None:
+        facts["params"] = _pair(total, total - targeted + nonzero)
+        facts["files"]["params"] = source
+        facts["notes"].append("parameters, final: the non-zero ones (every shape is kept)")
+    sparse_file = path / "sparse.safetensors"
+    facts["bytes"] = _bytes(facts["params"], _artifact_bytes(
+        path, "prunekit artifact (dense safetensors, float32)"))  # fmt: skip
+    storage = record.get("storage") or {}
+    facts["sparsify"] = {
+        key: record.get(key)
+        for key in ("sparsity", "target", "nm", "schedule", "allocation", "floor",
+                    "targeted_weights", "nonzero_weights", "ramp_completed", "seconds")
+    }  # fmt: skip
+    facts["sparsify"].update(
+        storage={f: storage.get(f) for f in ("dense", "bitmask", "csr", "best")},
+        sparse_file_bytes=sparse_file.stat().st_size if sparse_file.is_file() else None,
+        skipped=record.get("skipped") or [],
+    )
+    facts["files"]["sparsify"] = source
+    if (path / ARTIFACT_WEIGHTS).is_file():
+        facts["weights_file"] = str(path / ARTIFACT_WEIGHTS)
+    diagnosis = record.get("diagnosis") or {}
+    pictures = []
+    for relative in diagnosis.get("files") or []:
+        picture = path / relative
+        if picture.is_file() and picture.suffix == ".png":
+            kind = Path(relative).stem.split("-")[0]
+            pictures.append({"file": str(picture), "kind": kind,
+                             "caption": DIAGNOSIS_CAPTIONS.get(kind, ""),
+                             "image": diagnosis.get("image")})  # fmt: skip
+    facts["diagnosis"] = pictures
+    facts["notes"].append(
+        "latency not measured by `prunekit sparsify`: every shape is kept, so dense kernels "
+        "run as long as before; `prunekit advise MODEL` measures what sparse kernels buy here"
+    )
+    return facts
+
+
+def read_advise(path: Path, name: str | None) -> dict[str, Any]:
+    """A ``prunekit advise --out`` output (``advise.json``): not a pruned model but the
+    measured table of what each kind of pruning buys on one machine."""
+    record = _read_json(path / "advise.json")
+    if record.get("format") != "prunekit-advise" or not isinstance(record.get("rows"), list):
+        raise ReportInputError(f"{path / 'advise.json'} is not a `prunekit advise` record")
+    return {
+        "name": name or path.name or str(path), "kind": "advise", "path": str(path),
+        "file": str(path / "advise.json"),
+        **{key: record.get(key) for key in ("model", "device", "device_name", "backend",
+                                             "threads", "rounds", "batch_sizes", "input",
+                                             "recommendation", "rows")},
+    }  # fmt: skip
+
+
 READERS = (
     ("run.json", "prunekit run", read_run),
     ("finetune.json", "prunekit finetune", read_finetune),
+    ("sparsify.json", "prunekit sparsify", read_sparsify),
+    ("advise.json", "prunekit advise", read_advise),
     ("prune.json", "prunekit prune", None),  # structured or transformer: decided below
     ("report.json", "prunekit mcu / demo", read_mcu),
 )

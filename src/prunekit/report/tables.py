@@ -295,13 +295,51 @@ def sparsity_table(report: dict[str, Any], index: int) -> Table | None:
     return table
 
 
+def sparsify_table(report: dict[str, Any], index: int) -> Table | None:
+    """What ``prunekit sparsify`` did: the sparsity reached and the bytes of each storage
+    format of the sparsified weights."""
+    run = report["runs"][index]
+    facts = run.get("sparsify")
+    if not facts:
+        return None
+    asked = (f"{facts['nm'][0]}:{facts['nm'][1]}" if facts.get("nm")
+             else f"{facts['target']:.0%}" if facts.get("target") is not None else None)  # fmt: skip
+    table = Table(f"sparsity-summary-{index}", f"Sparsified: {run['name']}",
+                  ["asked", "reached", "schedule", "allocation", "targeted weights",
+                   "non-zero", "bytes dense", "bytes bitmask", "bytes CSR", "smallest",
+                   "sparse.safetensors"],
+                  caption=f"From {run['files'].get('sparsify')}. Bytes of the sparsified "
+                  "tensors only; bitmask = one bit per weight plus the non-zeros, CSR = int32 "
+                  "row pointers and column indices plus the non-zeros."
+                  + (f" Left dense: {', '.join(s['name'] for s in facts['skipped'][:6])}."
+                     if facts.get("skipped") else ""))  # fmt: skip
+    p = f"runs/{index}/sparsify"
+    table.rows.append([
+        text(asked), number(report, f"{p}/sparsity", scale=100, digits=2, unit=" %"),
+        text(facts.get("schedule")), text(facts.get("allocation")),
+        number(report, f"{p}/targeted_weights"), number(report, f"{p}/nonzero_weights"),
+        number(report, f"{p}/storage/dense", unit=" B"),
+        number(report, f"{p}/storage/bitmask", unit=" B"),
+        number(report, f"{p}/storage/csr", unit=" B"),
+        text((facts.get("storage") or {}).get("best")),
+        number(report, f"{p}/sparse_file_bytes", unit=" B", missing="none"),
+    ])  # fmt: skip
+    return table
+
+
 def all_tables(report: dict[str, Any]) -> list[Table]:
-    """Every table, in page order (headline first)."""
-    tables: list[Table | None] = [headline(report)]
+    """Every table, in page order (headline first; without runs, only the advice)."""
+    from prunekit.report.advice import advice_tables
+
     n = len(report["runs"])
-    tables += [latency_table(report, i) for i in range(n)]
-    tables += [cost_assumptions(report), cost_table(report), bytes_table(report)]
+    tables: list[Table | None] = []
+    if n:
+        tables.append(headline(report))
+        tables += [latency_table(report, i) for i in range(n)]
+        tables += [cost_assumptions(report), cost_table(report), bytes_table(report)]
+    tables += advice_tables(report)
     for i in range(n):
         tables += mcu_tables(report, i)
+        tables.append(sparsify_table(report, i))
         tables.append(sparsity_table(report, i))
     return [t for t in tables if t is not None]
