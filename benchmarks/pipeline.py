@@ -6,7 +6,8 @@ budget of ``--budget`` (default 60%) of the dense pipeline's measured time: per 
 metric's sensitivity on fit scenes (mAP@0.5, mIoU, AbsRel), a latency table measured here, one
 allocation across the stages; the uniform baseline prunes every stage by the same ratio chosen
 to meet the same budget. Dense, planned and uniform pipelines are timed interleaved (eager,
-CPU, ``--threads``), and each stage's metric is measured on held-out scenes (photo regions
+CPU, ``--threads``; ``--backend onnxruntime`` profiles and times ONNX Runtime sessions
+instead), and each stage's metric is measured on held-out scenes (photo regions
 disjoint from the fit scenes'). Printed as one table, then the issue's bar:
 
 - planned total measured <= budget (+3% noise);
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,11 +46,12 @@ def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
     return {
         "budget_fraction": args.budget,
         "device": "cpu",
+        "backend": args.backend,
         "threads": args.threads,
         "batch_size": 1,
         "rounds": args.rounds,
         "metric_samples": args.eval,
-        "cache": str(args.out / "cache"),
+        "cache": str(cache_dir(args)),
         "stages": [
             {"name": name, "model": str(args.models / folder), "input_shape": f"1,3,{size},{size}",
              "data": f"scenes:{args.fit},{args.eval}", "metric": metric, "weight": 1.0,
@@ -57,6 +60,19 @@ def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
             for name, folder, metric in STAGES
         ],
     }  # fmt: skip
+
+
+def cache_dir(args: argparse.Namespace) -> Path:
+    """Latency tables per backend; the sensitivities (backend-free) are shared: copied from
+    the eager cache when that has them."""
+    if args.backend == "eager":
+        return args.out / "cache"
+    cache = args.out / f"cache-{args.backend}"
+    cache.mkdir(parents=True, exist_ok=True)
+    for found in (args.out / "cache").glob("*.sensitivity.json"):
+        if not (cache / found.name).exists():
+            shutil.copyfile(found, cache / found.name)
+    return cache
 
 
 def print_table(record: dict[str, Any]) -> None:
@@ -131,6 +147,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"))
     parser.add_argument("--budget", type=float, default=0.6, help="of the dense measured time")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"),
+                        help="where the tables are profiled and the pipelines timed (eager)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--fit", type=int, default=2000, help="fit scenes (sensitivity)")
     parser.add_argument("--eval", type=int, default=300, help="held-out scenes (metrics)")
@@ -145,10 +163,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = pipeline_spec(args, size)
     started = time.perf_counter()
-    record = run_pipeline(spec, args.out / "run", force=True,
+    run_dir = args.out / ("run" if args.backend == "eager" else f"run-{args.backend}")
+    record = run_pipeline(spec, run_dir, force=True,
                           log=lambda m: print(f"[{time.perf_counter() - started:6.0f}s] {m}",
                                               flush=True))  # fmt: skip
-    print(f"\nperception pipeline at {size}px, eager CPU, {args.threads} threads, batch 1; "
+    print(f"\nperception pipeline at {size}px, {args.backend} CPU, {args.threads} threads, batch 1; "
           f"budget {args.budget:.0%} of the dense pipeline = {record['budget_ms']:.2f} ms/frame; "
           f"metrics on {args.eval} held-out scenes, sensitivity on {args.samples} fit scenes")  # fmt: skip
     print_table(record)
@@ -161,7 +180,8 @@ def main() -> None:
     print(f"\nMiddlebury motorcycle (real disparity, {mb['pixels']} valid pixels at 160x224, "
           f"median-scaled): model AbsRel {mb['model_absrel']:.3f} delta1 {mb['model_delta1']:.3f}"
           f"; constant AbsRel {mb['constant_absrel']:.3f} delta1 {mb['constant_delta1']:.3f}")  # fmt: skip
-    (args.out / "summary.json").write_text(json.dumps(
+    summary = "summary.json" if args.backend == "eager" else f"summary-{args.backend}.json"
+    (args.out / summary).write_text(json.dumps(
         {"pipeline": record, "bar": [{"check": c, "ok": ok} for c, ok in check_bar(record)],
          "middlebury": mb}, indent=1) + "\n")  # fmt: skip
 
