@@ -94,7 +94,9 @@ def test_a_sparsify_output_is_reported_from_its_record_and_weights(
     assert run["kind"] == "sparsify" and run["files"]["sparsify"].endswith("sparsify.json")
     facts = run["sparsify"]
     assert facts["sparsity"] == record["sparsity"] and facts["schedule"] == "oneshot"
-    assert facts["storage"] == {k: record["storage"][k] for k in ("dense", "bitmask", "csr", "best")}
+    assert facts["storage"] == {
+        k: record["storage"][k] for k in ("dense", "bitmask", "csr", "best")
+    }
     assert facts["sparse_file_bytes"] == (sparsified / "sparse.safetensors").stat().st_size
     # parameters: every tensor of the artifact, and its non-zeros once sparsified
     weights = load_file(str(sparsified / "model.safetensors"))
