@@ -21,6 +21,7 @@ FLOORS: list[tuple[str, ...]] = [
     (
         "prunekit._version",
         "prunekit._outputs",
+        "prunekit._files",
         "prunekit._utils",
         "prunekit._checks",
         "prunekit._progress",

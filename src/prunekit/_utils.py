@@ -132,19 +132,3 @@ def swapped_to_meta(model: nn.Module) -> Iterator[nn.Module]:
         for module, state in saved:
             module.__dict__.clear()
             module.__dict__.update(state)
-
-
-def read_yaml(path: Any, error: type[Exception], what: str = "", kind: str = "YAML") -> Any:
-    """The YAML (or JSON, a subset) in ``path``; a missing or unreadable file and bad syntax
-    raise ``error`` in one line (``what``: how the file is named in it, e.g. "the cost file ")."""
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise error(f"cannot read {what}{path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise error(f"{path} is not valid {kind}: {exc}") from None

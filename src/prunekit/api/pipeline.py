@@ -202,8 +202,8 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     import time
 
     import prunekit as pk
+    from prunekit._files import read_yaml
     from prunekit._outputs import check_output_dir
-    from prunekit._utils import read_yaml
     from prunekit.graph import trace_channels
     from prunekit.measure.latency import TimingPolicy
     from prunekit.measure.macs import count_macs

@@ -179,16 +179,12 @@ def _requires(steps: list[str], where: str, data: dict[str, Any]) -> None:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    import yaml
+    from prunekit._files import read_yaml
 
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(read_yaml(path, RecipeError, "the recipe "), str(path))
 
 
 # --- running ---------------------------------------------------------------------------------

@@ -3,11 +3,11 @@ loading acts on it (a manifest comes from whoever handed over the artifact)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from prunekit._files import read_json
 from prunekit.artifact._attributes import SKIP, decode, is_simple
 from prunekit.errors import PrunekitError
 
@@ -30,10 +30,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{directory} is not a prunekit artifact: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    manifest = read_json(path, ArtifactError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a prunekit artifact manifest")
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -5,23 +5,16 @@ They are written by ``prunekit._outputs.write_json_atomic``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prunekit._files import read_json as read_json_file
 from prunekit.planning.fingerprint import PlanningFileError
 
 
 def read_json(path: Path, what: str) -> Any:
-    if path.is_dir():
-        raise PlanningFileError(f"{what} {path} is a directory; give the JSON file")
-    if not path.is_file():
-        raise PlanningFileError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanningFileError(f"{what} {path} is not valid JSON: {exc}") from None
+    return read_json_file(path, PlanningFileError, f"{what} ")
 
 
 def check_header(data: Mapping[str, Any], kind: str, version: int, what: str, source: str) -> None:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import logging
 import math
 import os
@@ -63,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._files import read_json
 from prunekit._outputs import write_json_atomic
 from prunekit._utils import describe_exception
 from prunekit.criteria.magnitude import atom_scores
@@ -367,16 +367,7 @@ class LatencyTable:
                 f"latency table {path} does not exist; make it on the target device with "
                 f"prunekit profile MODEL --out {path}"
             )
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LatencyTableError(
-                f"cannot read latency table {path}: {describe_exception(exc)}"
-            ) from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LatencyTableError(f"latency table {path} is not valid JSON: {exc}") from None
+        data = read_json(path, LatencyTableError, "latency table ")
         return cls.from_dict(data, f"latency table {path}")
 
 

@@ -141,7 +141,7 @@ def parse_cost(text: str) -> CostSpec:
 
 def load_cost_file(path: str | Path) -> list[CostSpec]:
     """A YAML or JSON file: one mapping of cost keys, a list of them, or ``{gpus: [...]}``."""
-    from prunekit._utils import read_yaml
+    from prunekit._files import read_yaml
 
     p = Path(path)
     data = read_yaml(p, CostSpecError, what="the cost file ", kind="YAML/JSON")

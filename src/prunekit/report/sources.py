@@ -18,12 +18,12 @@ measured rows and recommendation (``kind: "advise"``), shown in a section of the
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prunekit._files import read_json
 from prunekit.errors import InvalidValueError
 
 ARTIFACT_WEIGHTS = "model.safetensors"
@@ -34,12 +34,7 @@ class ReportInputError(InvalidValueError):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ReportInputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ReportInputError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    data = read_json(path, ReportInputError)
     if not isinstance(data, dict):
         raise ReportInputError(f"{path} does not hold a JSON object")
     return data

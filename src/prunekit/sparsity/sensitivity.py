@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._files import read_json
 from prunekit._outputs import write_json_atomic
 from prunekit.sparsity.masks import SparsityError, magnitude_masks
 
@@ -47,12 +48,7 @@ def weights_fingerprint(weights: Mapping[str, Tensor]) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise SparsityError(f"sensitivity file {path} is a directory; give a JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SparsityError(f"sensitivity file {path} cannot be read as JSON: {exc}") from None
+    data = read_json(path, SparsityError, "sensitivity file ")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SparsityError(
             f"{path} is not a prunekit sparsity sensitivity file (made by prunekit sparsify "
