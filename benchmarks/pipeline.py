@@ -59,6 +59,9 @@ def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
                              "ratios": [float(r) for r in args.ratios.split(",")]}}
             for name, folder, metric in STAGES
         ],
+        # the same recovery for planned and uniform: distillation on fit scenes
+        **({"recover": {"epochs": args.recover_epochs, "samples": args.recover_samples,
+                        "lr": 1e-3, "batch_size": 16}} if args.recover_epochs else {}),
     }  # fmt: skip
 
 
@@ -147,6 +150,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"))
     parser.add_argument("--budget", type=float, default=0.6, help="of the dense measured time")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recover-epochs", type=int, default=0,
+                        help="recover every pruned stage (planned and uniform alike) for this "
+                             "many epochs of distillation on fit scenes (0: none)")  # fmt: skip
+    parser.add_argument("--recover-samples", type=int, default=600,
+                        help="fit scenes the recovery trains on (600, 10%% of them validate)")  # fmt: skip
     parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"),
                         help="where the tables are profiled and the pipelines timed (eager)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
@@ -163,13 +171,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = pipeline_spec(args, size)
     started = time.perf_counter()
-    run_dir = args.out / ("run" if args.backend == "eager" else f"run-{args.backend}")
+    suffix = ("" if args.backend == "eager" else f"-{args.backend}") + (
+        f"-recovered{args.recover_epochs}" if args.recover_epochs else ""
+    )
+    run_dir = args.out / f"run{suffix}"
     record = run_pipeline(spec, run_dir, force=True,
                           log=lambda m: print(f"[{time.perf_counter() - started:6.0f}s] {m}",
                                               flush=True))  # fmt: skip
     print(f"\nperception pipeline at {size}px, {args.backend} CPU, {args.threads} threads, batch 1; "
           f"budget {args.budget:.0%} of the dense pipeline = {record['budget_ms']:.2f} ms/frame; "
-          f"metrics on {args.eval} held-out scenes, sensitivity on {args.samples} fit scenes")  # fmt: skip
+          f"metrics on {args.eval} held-out scenes, sensitivity on {args.samples} fit scenes"
+          + (f"; every pruned stage recovered {args.recover_epochs} epochs on "
+             f"{args.recover_samples} fit scenes" if args.recover_epochs else ""))  # fmt: skip
     print_table(record)
     print()
     for line, ok in check_bar(record):
@@ -180,7 +193,7 @@ def main() -> None:
     print(f"\nMiddlebury motorcycle (real disparity, {mb['pixels']} valid pixels at 160x224, "
           f"median-scaled): model AbsRel {mb['model_absrel']:.3f} delta1 {mb['model_delta1']:.3f}"
           f"; constant AbsRel {mb['constant_absrel']:.3f} delta1 {mb['constant_delta1']:.3f}")  # fmt: skip
-    summary = "summary.json" if args.backend == "eager" else f"summary-{args.backend}.json"
+    summary = f"summary{suffix}.json"
     (args.out / summary).write_text(json.dumps(
         {"pipeline": record, "bar": [{"check": c, "ok": ok} for c, ok in check_bar(record)],
          "middlebury": mb}, indent=1) + "\n")  # fmt: skip

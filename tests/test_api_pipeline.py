@@ -41,14 +41,19 @@ def _spec(**top: Any) -> dict[str, Any]:
         (
             {"backend": "tflite"},
             "backend 'tflite' is not supported by prunekit pipeline; use "
-            "one of eager, onnxruntime, compile",
+            "one of eager, onnxruntime, compile, tensorrt",
         ),
         (
             {"backend": "tensorrt"},
             "backend tensorrt needs TensorRT, which is not installed"
             if importlib.util.find_spec("tensorrt") is None
-            else "not supported",
+            else "backend tensorrt runs on NVIDIA GPUs; set device: cuda",
         ),
+        ({"dtype": "int8"}, "dtype 'int8' is not one of float32, float16, bfloat16"),
+        ({"recover": {"lr": 0.1}}, "recover: give epochs:, seconds: or both"),
+        ({"recover": {"epochs": 1, "steps": 3}}, "recover: unknown key 'steps'"),
+        ({"recover": {"epochs": 0}}, "recover: epochs must be an integer >= 1"),
+        ({"recover": {"epochs": 1}}, "stage 2: recover needs data:"),
         ({"stages": []}, "stages: must be a list"),
         ({"stages": [{"name": "a"}]}, "stage 1: model: is required"),
         ({"stages": [_stage("a", 0.5, metric="map")]}, "metric map needs labelled data"),
@@ -91,8 +96,8 @@ def _linear_tables(tmp_path: Path, stages: list[dict[str, Any]] | None = None) -
     paths = {}
     for stage in stages or _spec()["stages"]:
         shape = tuple(int(v) for v in stage["input_shape"].split(","))
-        loaded = pk.load(stage["model"], input_shapes=[shape],
-                         model_kwargs=stage["model_kwargs"])  # fmt: skip
+        loaded = pk.load(stage["model"], input_shapes=[shape], model_kwargs=stage["model_kwargs"],
+                         trust_code=bool(stage.get("trust_code")))  # fmt: skip
         lut = profile_latency(loaded.model, loaded.input_spec.make(1), policy=TimingPolicy(**QUICK),
                               blocks=False)  # fmt: skip
         data = lut.to_dict()
@@ -240,6 +245,11 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
                                                 "pipeline runs on onnxruntime"):  # fmt: skip
         run_pipeline({**_with_tables(tables), "backend": "onnxruntime"}, tmp_path / "e")
     assert not (tmp_path / "e").exists()
+    # nor does a float32 table predict a bfloat16 pipeline
+    with pytest.raises(PipelineSpecError, match="measured in float32, but the pipeline runs "
+                                                "in bfloat16; profile the stage with --dtype"):  # fmt: skip
+        run_pipeline({**_with_tables(tables), "dtype": "bfloat16"}, tmp_path / "f")
+    assert not (tmp_path / "f").exists()
 
 
 def test_pipelines_are_timed_on_the_chosen_backend() -> None:
@@ -277,6 +287,96 @@ def test_pipelines_are_timed_on_the_chosen_backend() -> None:
     # 3 rounds x (stage alone + frame) x (1 warm-up + 5 timed) = 36 eager forwards
     assert calls["eager"] >= 36
     assert calls["onnxruntime"] <= 4  # export traces + the parity reference
+
+
+@pytest.mark.slow
+def test_recovery_distils_planned_and_uniform_stages_on_fit_images(tmp_path: Path) -> None:
+    """recover: the pruned models of both pipelines imitate their dense models on the fit part
+    (validation carved from it), the same for planned and uniform; a stage may opt out; the
+    artifacts hold the recovered weights and the latencies measured before recovery stand."""
+    import torch
+
+    import prunekit as pk
+    from prunekit.api.pipeline import run_pipeline
+
+    # a stage whose outputs depend on every channel (a random MobileCNN's logits are mostly
+    # its classifier's bias, so pruning hardly moves them and there is nothing to recover)
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n\ndef net():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))\n"
+    )
+    spec = _spec()
+    spec["stages"][0].update(model=f"{tmp_path / 'net.py'}:net", trust_code=True, model_kwargs={})
+    tables = _linear_tables(tmp_path, spec["stages"])
+    spec["stages"] = [{**stage, "lut": tables[stage["name"]]} for stage in spec["stages"]]
+    spec["recover"] = {"epochs": 2, "lr": 2e-3, "samples": 300, "batch_size": 32}
+    spec["stages"][1]["recover"] = False  # depth (random inputs, no data) opts out
+    record = run_pipeline(spec, tmp_path / "out")
+    assert record["recover"] == spec["recover"]
+    assert record["uniform_ratio"] > 0  # the uniform detect stage is pruned: it recovers
+    for variant in ("planned", "uniform"):
+        detect, depth = record[variant]["stages"]
+        assert depth["recovery"] is None
+        r = detect["recovery"]
+        if r["kept"] == "not pruned: nothing to recover":
+            assert variant == "planned" and detect["macs_kept"] == 1.0
+            continue
+        assert r["kept"] == "recovered"
+        assert r["train_samples"] + r["validation_samples"] == 300
+        assert r["validation_samples"] == 30 and r["carved_from"] == "the fit part"
+        assert r["epochs"] == 2 and r["stopped_by"] == "epochs" and r["steps"] == 2 * (270 // 32)
+        assert r["validation_metric"] == "agreement"
+        # what recovery is for: on the validation share the pruned stage's outputs come
+        # closer to its dense model's (a random dense net predicts one class for every image,
+        # so agreement itself starts at 1 and cannot show it)
+        assert r["imitation_after"] < 0.8 * r["imitation_before"]
+        assert r["validation_best"] >= r["validation_before"] - 1e-9
+    assert record["dense"]["stages"][0]["recovery"] is None
+    # the saved artifact is the recovered model: its held-out agreement is the one reported
+    from prunekit.api.data import as_data
+
+    stage = spec["stages"][0]
+    dense = pk.load(stage["model"], input_shapes=[(1, 1, 8, 8)], trust_code=True)
+    data = as_data("digits", example=dense.input_spec.make(1))
+    held = torch.stack([data.eval[i][0] for i in range(spec["metric_samples"])])
+    for variant in ("planned", "uniform"):
+        saved = pk.load(str(tmp_path / "out" / "detect" / variant), trust_code=True).model.eval()
+        with torch.no_grad():
+            value = agreement(dense.model.eval()(held), saved(held))
+        assert value == pytest.approx(record[variant]["stages"][0]["metric"], abs=1e-9)
+
+
+def test_a_pipeline_in_bfloat16_times_cast_copies() -> None:
+    """dtype: the stages run in that precision while timed; the models (scored afterwards)
+    keep their float32 weights."""
+    import torch
+    from torch import nn
+
+    from prunekit.inputs import TensorSpec
+    from prunekit.measure.latency import TimingPolicy
+    from prunekit.planning.pipeline import measure_pipelines
+
+    seen: set[torch.dtype] = set()  # shared by the model and any copy of it
+
+    class Seen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.add(x.dtype)
+            return self.conv(x)
+
+    policy = TimingPolicy(warmup_calls=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0,
+                          max_repeats=3, max_time_s=1.0)  # fmt: skip
+    model = Seen()
+    out = measure_pipelines({"v": [("a", model, TensorSpec(((1, 1, 8, 8),)).make(1))]},
+                            rounds=2, threads=1, policy=policy, dtype="bfloat16")  # fmt: skip
+    assert out["v"]["total_ms"] > 0
+    assert seen == {torch.bfloat16}  # every timed call ran in bfloat16...
+    assert model.conv.weight.dtype == torch.float32  # ...on a copy: the model is untouched
 
 
 def test_the_command_refuses_bad_files_in_one_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

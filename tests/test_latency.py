@@ -136,3 +136,33 @@ def test_compile_backend_checks_parity_and_reports_compile_time() -> None:
     info = report.backend_info
     assert info["compile_s"]["2"] > 0
     assert info["parity"]["2"]["max_abs_diff"] <= info["parity"]["2"]["tolerance"]
+
+
+def test_onnxruntime_thread_spinning_is_set_per_block_and_recorded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Sessions made inside ort_spinning(False) do not spin (prunekit pipeline runs several
+    sessions one after another); outside, they keep ONNX Runtime's default; info says which."""
+    pytest.importorskip("onnxruntime")
+    from prunekit.inputs import ExampleInputs
+    from prunekit.measure.backends.ort import (
+        OnnxRuntimeBackend,
+        export_onnx,
+        import_ort,
+        ort_session,
+        ort_spinning,
+    )
+
+    model = torch.nn.Linear(4, 2).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, ExampleInputs((torch.randn(1, 4),), {}), path)
+    ort = import_ort()
+
+    def allowed() -> str:
+        options = ort_session(ort, str(path), ["CPUExecutionProvider"], 1).get_session_options()
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+    assert allowed() == "1"
+    with ort_spinning(False):
+        assert allowed() == "0"
+        assert OnnxRuntimeBackend(model, torch.device("cpu"), 1).info["spinning"] is False
+    assert allowed() == "1"
+    assert OnnxRuntimeBackend(model, torch.device("cpu"), 1).info["spinning"] is True

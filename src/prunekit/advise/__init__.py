@@ -114,11 +114,12 @@ def check_arguments(batch_sizes: Any, device: str, backend: str, threads: int | 
                     rounds: int) -> torch.device:  # fmt: skip
     """Every check that needs no model; returns the device."""
     from prunekit.errors import BackendError
-    from prunekit.measure.backends import backend_class
+    from prunekit.measure.backends import backend_class, check_backend_device
 
     backend_class(backend)  # an unknown backend: one line naming the known ones
     if str(device) not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise BackendError(f"--device {device}: unsupported device; use cpu or cuda")
+    check_backend_device(backend, device)
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise BackendError(f"--device {device}: CUDA is not available on this machine")
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1

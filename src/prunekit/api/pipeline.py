@@ -34,17 +34,20 @@ from typing import Any
 
 import torch
 
+from prunekit.api._pipeline_recovery import parse_recover, pruned, recover_stage
 from prunekit.errors import DataError, InvalidValueError
 from prunekit.evaluate.tasks import TaskDrop, TaskMetric, agreement, check_labels, task_metric
 
 __all__ = ["PipelineSpecError", "agreement", "parse_pipeline", "run_pipeline"]
 
-# where the stages can be timed; tensorrt is refused with its own message (parse_pipeline)
-PIPELINE_BACKENDS = ("eager", "onnxruntime", "compile")
-TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "batch_size", "threads",
+# where the stages can be timed; tensorrt without TensorRT is refused with its own message
+PIPELINE_BACKENDS = ("eager", "onnxruntime", "compile", "tensorrt")
+# the precision the stages are timed in (tables and pipelines); metrics stay in float32
+PIPELINE_DTYPES = ("float32", "float16", "bfloat16")
+TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "dtype", "recover", "batch_size", "threads",
             "rounds", "stages", "metric_samples", "lut_timing", "cache", "replan"}  # fmt: skip
 STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
-              "weight", "lut", "sensitivity", "plan"}  # fmt: skip
+              "weight", "lut", "sensitivity", "plan", "recover"}  # fmt: skip
 METRICS = ("agreement", "map", "miou", "absrel")
 
 
@@ -81,6 +84,12 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
         raise PipelineSpecError(f"{where}: backend tensorrt needs TensorRT, which is not "
                                 "installed here (NVIDIA GPUs: pip install tensorrt; Jetson: "
                                 "it comes with JetPack)")  # fmt: skip
+    if backend == "tensorrt" and data.get("device", "cpu") != "cuda":
+        raise PipelineSpecError(f"{where}: backend tensorrt runs on NVIDIA GPUs; set device: cuda")
+    dtype = data.get("dtype", "float32")
+    if dtype not in PIPELINE_DTYPES:
+        raise PipelineSpecError(f"{where}: dtype {dtype!r} is not one of "
+                                f"{', '.join(PIPELINE_DTYPES)}")  # fmt: skip
     if backend not in PIPELINE_BACKENDS:
         raise PipelineSpecError(f"{where}: backend {backend!r} is not supported by "
                                 f"prunekit pipeline; use one of {', '.join(PIPELINE_BACKENDS)}")  # fmt: skip
@@ -101,6 +110,7 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
             TimingPolicy(**timing)
         except (TypeError, ValueError) as exc:
             raise PipelineSpecError(f"{where}: lut_timing: {exc}") from None
+    recover = parse_recover(data.get("recover"), where, PipelineSpecError)
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
         raise PipelineSpecError(f"{where}: stages: must be a list of stages (name, model, ...)")
@@ -124,6 +134,10 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
         if not isinstance(plan, dict):
             raise PipelineSpecError(f"{at}: plan: expected a mapping (round_to:, blocks:)")
         _unknown(plan, {"round_to", "blocks"}, f"{at}: plan")
+        own = stage.get("recover", recover)
+        if parse_recover(own, at, PipelineSpecError) is not None and not stage.get("data"):
+            raise PipelineSpecError(f"{at}: recover needs data: (the fit images the pruned "
+                                    "model learns to imitate the dense one on)")  # fmt: skip
         weight = stage.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
             raise PipelineSpecError(f"{at}: weight must be a number >= 0, got {weight!r}")
@@ -164,9 +178,10 @@ def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> dict[str, Any]:
             "items": None, "held_from": f"{samples} seeded random inputs (no data: given)"}  # fmt: skip
 
 
-def _check_table_device(stage: str, path: Any, lut: Any, device: str, backend: str) -> None:
-    """A table measured on another kind of device, or on another backend, predicts another
-    runtime's latency."""
+def _check_table_device(stage: str, path: Any, lut: Any, device: str, backend: str,
+                        dtype: str = "float32") -> None:  # fmt: skip
+    """A table measured on another kind of device, on another backend or in another precision
+    predicts another runtime's latency."""
     measured = str(lut.device.get("type", "")) or "an unrecorded device"
     if measured != str(device).split(":")[0]:
         name = lut.device.get("name")
@@ -178,6 +193,11 @@ def _check_table_device(stage: str, path: Any, lut: Any, device: str, backend: s
         raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured with "
                                 f"the {on} backend, but the pipeline runs on {backend}; "
                                 f"profile the stage with --backend {backend}")  # fmt: skip
+    made = str(lut.device.get("dtype") or "float32")
+    if made != dtype:
+        raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured in "
+                                f"{made}, but the pipeline runs in {dtype}; profile the stage "
+                                f"with --dtype {dtype}")  # fmt: skip
 
 
 def _task_metric(stage: dict[str, Any], inputs: dict[str, Any]) -> TaskMetric | None:
@@ -197,7 +217,16 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                  log: Any = None, force: bool = False) -> dict[str, Any]:  # fmt: skip
     """Plan, prune and measure the pipeline (module docstring); writes ``out/`` (per stage
     ``<stage>/planned`` and ``<stage>/uniform`` artifacts, ``<stage>/lut.json``,
-    ``<stage>/sensitivity.json``) and returns ``pipeline.json``."""
+    ``<stage>/sensitivity.json``) and returns ``pipeline.json``. ONNX Runtime sessions run
+    without thread spinning, as several sessions in one process should (measure.backends.ort)."""
+    from prunekit.measure.backends.ort import ort_spinning
+
+    with ort_spinning(False):
+        return _run_pipeline(spec, out, log=log, force=force)
+
+
+def _run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
+                  log: Any = None, force: bool = False) -> dict[str, Any]:  # fmt: skip
     import json
     import time
 
@@ -228,6 +257,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     target = check_output_dir(out, "prunekit pipeline", force=force, log=say)
     device, threads = spec.get("device", "cpu"), spec.get("threads")
     backend = str(spec.get("backend", "eager"))
+    dtype = str(spec.get("dtype", "float32"))
     batch, samples = int(spec.get("batch_size", 1)), int(spec.get("metric_samples", 64))
     cache = Path(spec["cache"]) if spec.get("cache") else None
     if cache is not None:
@@ -270,12 +300,12 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         if table_file:
             lut = LatencyTable.load(table_file)
             lut.check_model(model, example, graph, batch_size=batch)
-            _check_table_device(name, table_file, lut, device, backend)
+            _check_table_device(name, table_file, lut, device, backend, dtype)
         else:
             say(f"{name}: latency table ({device}, batch {batch})")
             lut = profile_latency(model, example, graph, device=device, batch_size=batch,
                                   threads=threads, model_name=stage["model"], blocks=blocks,
-                                  backend=backend,
+                                  backend=backend, dtype=dtype,
                                   policy=TimingPolicy(**spec["lut_timing"])
                                   if spec.get("lut_timing") else None)  # fmt: skip
             if cached is not None:
@@ -295,7 +325,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                        "lut": lut, "sizes": sizes, "metric": metric, **inputs}  # fmt: skip
     dense_variant = {"dense": [(n, f["model"], f["example"]) for n, f in facts.items()]}
     dense_ms = measure_pipelines(dense_variant, rounds=3, threads=threads, device=device,
-                                 backend=backend)  # fmt: skip
+                                 backend=backend, dtype=dtype)  # fmt: skip
     dense_total = dense_ms["dense"]["total_ms"]
     predicted_dense = sum(s.dense_ms for s in stages)
     budget_ms = float(spec.get("budget_ms") or spec["budget_fraction"] * dense_total)
@@ -346,7 +376,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         variants = {v: [(n, m, facts[n]["example"]) for n, m in ms.items()]
                     for v, ms in models.items()}  # fmt: skip
         return measure_pipelines(variants, rounds=int(spec.get("rounds", 5)), threads=threads,
-                                 device=device, backend=backend)  # fmt: skip
+                                 device=device, backend=backend, dtype=dtype)  # fmt: skip
 
     models: dict[str, dict[str, Any]] = {
         "dense": {n: f["model"] for n, f in facts.items()},
@@ -397,25 +427,42 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
         say(f"replan {attempt + 1}: over the budget of {budget_ms:.2f} ms as measured ({over})")
         replans.append(step)
         measured = measure(models)
+    # recovery changes weights, not shapes: the measured latencies stand
+    recovered: dict[str, dict[str, Any]] = {"planned": {}, "uniform": {}}
+    for stage in spec["stages"]:
+        settings = parse_recover(stage.get("recover", spec.get("recover")), stage["name"])
+        if settings is None:
+            continue
+        f = facts[stage["name"]]
+        for variant in ("planned", "uniform"):
+            if not pruned(models[variant][stage["name"]], f["model"]):
+                recovered[variant][stage["name"]] = {"kept": "not pruned: nothing to recover"}
+                continue
+            say(f"{stage['name']}: recovering the {variant} model")
+            recovered[variant][stage["name"]] = recover_stage(
+                models[variant][stage["name"]], f["model"], f["data"], f["metric"], settings,
+                device, log=say)  # fmt: skip
     record: dict[str, Any] = {"budget_ms": budget_ms, "budget_predicted_ms": budget_pred,
-                              "device": device, "backend": backend, "batch_size": batch,
+                              "device": device, "backend": backend, "dtype": dtype,
+                              "batch_size": batch,
                               "threads": threads, "planning_s": planning_s,
                               "timings": {k: round(v, 3) for k, v in timings.items()},
                               "uniform_ratio": ratio,
                               "uniform_meets_budget_predicted": uniform_meets,
-                              "replans": replans,
+                              "replans": replans, "recover": spec.get("recover"),
                               "budget_met_measured": measured["planned"]["total_ms"]
                               <= budget_ms * 1.03}  # fmt: skip
 
     def score(name: str, model: torch.nn.Module) -> float:
         f = facts[name]
+        model.cpu()  # timed on the device; the metrics and their labels are on the CPU
         with torch.no_grad():
             if f["metric"] is None:
                 return agreement(dense_out[name], _first_tensor(model(f["held"])))
             return float(f["metric"].score(model, f["items"], 16))
 
     with torch.no_grad():
-        dense_out = {n: _first_tensor(f["model"](f["held"])) for n, f in facts.items()}
+        dense_out = {n: _first_tensor(f["model"].cpu()(f["held"])) for n, f in facts.items()}
     dense_score = {n: score(n, f["model"]) for n, f in facts.items()}
     dense_macs = {n: count_macs(f["model"], f["example"]).total for n, f in facts.items()}
     for variant in ("dense", "planned", "uniform"):
@@ -445,7 +492,8 @@ def run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                          "metric_name": metric_name, "metric_loss": lost, "weight": stage.weight,
                          "higher_is_better": metric is None or metric.higher_is_better,
                          "metric_on": f["held_from"], "macs_kept": macs,
-                         "artifact": None if variant == "dense" else f"{stage.name}/{variant}"})  # fmt: skip
+                         "artifact": None if variant == "dense" else f"{stage.name}/{variant}",
+                         "recovery": recovered.get(variant, {}).get(stage.name)})  # fmt: skip
         record[variant] = {"total_ms_measured": measured[variant]["total_ms"],
                            "total_ms_predicted": sum(r["predicted_ms"] for r in rows),
                            "weighted_loss": loss, "weighted_loss_predicted": loss_pred,

@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--threads", type=int, metavar="N", help="intra-op threads (default: PyTorch's default)"
     )
-    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"))
+    parser.add_argument(
+        "--backend", default="eager", choices=("eager", "onnxruntime", "compile", "tensorrt")
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument(
@@ -66,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     from prunekit.errors import InputSpecError
     from prunekit.inputs import parse_int_list
+    from prunekit.measure.backends import check_backend_device
     from prunekit.measure.latency import TimingPolicy, measure_latency
 
+    check_backend_device(args.backend, args.device)
     batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
     check_threads(args.threads)
     if not (math.isfinite(args.min_time) and math.isfinite(args.max_time)):

@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="latency table to write")
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"))
+    parser.add_argument(
+        "--backend", default="eager", choices=("eager", "onnxruntime", "compile", "tensorrt")
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="(default 1)")
     parser.add_argument(
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit._outputs import check_output_file
     from prunekit.errors import InputSpecError
     from prunekit.graph import trace_channels
+    from prunekit.measure.backends import check_backend_device
     from prunekit.measure.latency import resolve_device
     from prunekit.planning.lut import (
         DEFAULT_FRACTIONS,
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # every check that needs no model comes first: bad input fails in a second, writes nothing
+    check_backend_device(args.backend, args.device)
     out = check_output_file(args.out, formats=(FORMAT,), force=args.force, log=say)
     if args.round_to < 1:
         raise InputSpecError(f"--round-to must be a positive integer, got {args.round_to}")

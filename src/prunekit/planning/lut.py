@@ -453,6 +453,12 @@ def _device_record(report: Any, backend: str, dtype: str) -> dict[str, Any]:
         "host": platform.node(),
         "torch": torch.__version__,
         "includes_host_transfers": report.includes_host_transfers,
+        # ONNX Runtime: whether its threads spun between runs (see measure.backends.ort)
+        **(
+            {"spinning": report.backend_info["spinning"]}
+            if "spinning" in (report.backend_info or {})
+            else {}
+        ),
         "environment": env,
     }
 

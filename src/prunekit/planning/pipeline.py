@@ -28,6 +28,7 @@ promise far more than a heavily pruned model delivers. After measuring, each sta
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -268,19 +269,27 @@ def measure_pipelines(
     device: str = "cpu",
     policy: Any = None,
     backend: str = "eager",
+    dtype: str = "float32",
 ) -> dict[str, dict[str, Any]]:
     """Time whole pipelines interleaved: ``variants`` maps a name (dense, planned, uniform) to
     its stages ``(stage name, model, example inputs)``, run one after another per frame on
     ``backend`` (each stage its own runtime: an ONNX Runtime session, a compiled module...).
     Each round times every variant's frame and every stage alone, in an order rotating from
-    round to round (``measure.compare``'s scheme); medians over rounds, in ms."""
+    round to round (``measure.compare``'s scheme); medians over rounds, in ms. ``dtype``
+    other than float32: each stage is timed as a cast copy (the models keep their weights)."""
     import statistics
 
     import torch
 
     from prunekit.measure.backends import backend_class
     from prunekit.measure.compare import ROUND_POLICY, round_orders
-    from prunekit.measure.latency import intra_op_threads, resolve_device, time_calls, timer_for
+    from prunekit.measure.latency import (
+        DTYPES,
+        intra_op_threads,
+        resolve_device,
+        time_calls,
+        timer_for,
+    )
 
     dev = resolve_device(device)
     timer = timer_for(dev)
@@ -292,9 +301,14 @@ def measure_pipelines(
         with intra_op_threads(n_threads):
             for variant, stages in variants.items():
                 for stage, model, example in stages:
-                    runtime = backend_class(backend)(model.eval().to(dev), dev, n_threads)
+                    if dtype == "float32":
+                        timed_model, inputs = model.eval().to(dev), example.to(dev)
+                    else:
+                        cast = DTYPES[dtype]
+                        timed_model = copy.deepcopy(model).eval().to(dev, cast)
+                        inputs = example.to(dev, cast)
+                    runtime = backend_class(backend)(timed_model, dev, n_threads)
                     runtimes.append(runtime)
-                    inputs = example.to(dev)
                     batch = inputs.tensors()[0].shape[0] if inputs.tensors() else 1
                     calls[f"{variant}/{stage}"] = runtime.runner(inputs, batch)
                 calls[f"{variant}/"] = _frame([calls[f"{variant}/{s}"] for s, _, _ in stages])

@@ -13,11 +13,13 @@ from prunekit.measure.backends._base import Backend, check_parity
 from prunekit.measure.backends.compiled import CompileBackend
 from prunekit.measure.backends.eager import EagerBackend
 from prunekit.measure.backends.ort import OnnxRuntimeBackend
+from prunekit.measure.backends.tensorrt import TensorRTBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     "eager": EagerBackend,
     "onnxruntime": OnnxRuntimeBackend,
     "compile": CompileBackend,
+    "tensorrt": TensorRTBackend,
 }
 
 
@@ -30,4 +32,11 @@ def backend_class(name: str) -> type[Backend]:
         ) from None
 
 
-__all__ = ["BACKENDS", "Backend", "backend_class", "check_parity"]
+def check_backend_device(backend: str, device: object) -> None:
+    """An unknown backend, or one that needs CUDA asked for on another device: one line,
+    before any model is loaded."""
+    if backend_class(backend).needs_cuda and not str(device).startswith("cuda"):
+        raise BackendError(f"the {backend} backend runs on NVIDIA GPUs: use --device cuda")
+
+
+__all__ = ["BACKENDS", "Backend", "backend_class", "check_backend_device", "check_parity"]

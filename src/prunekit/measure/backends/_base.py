@@ -25,6 +25,8 @@ class Backend(ABC):
     name: ClassVar[str]
     # True when timing a call includes copying inputs/outputs between host and device.
     includes_host_transfers: ClassVar[bool] = False
+    # True for runtimes that exist only on NVIDIA GPUs (checked before any model is loaded)
+    needs_cuda: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, device: torch.device, threads: int) -> None:
         self.model = model
