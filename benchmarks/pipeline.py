@@ -56,7 +56,8 @@ def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
             {"name": name, "model": str(args.models / folder), "input_shape": f"1,3,{size},{size}",
              "data": f"scenes:{args.fit},{args.eval}", "metric": metric, "weight": 1.0,
              "sensitivity": {"samples": args.samples, "blocks": True,
-                             "ratios": [float(r) for r in args.ratios.split(",")]}}
+                             "ratios": [float(r) for r in args.ratios.split(",")]},
+             "plan": {"round_to": args.round_to}}
             for name, folder, metric in STAGES
         ],
         # the same recovery for planned and uniform: distillation on fit scenes
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"))
     parser.add_argument("--budget", type=float, default=0.6, help="of the dense measured time")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--round-to", type=int, default=1,
+                        help="kept channels a multiple of this (ONNX Runtime's CPU convolutions "
+                             "run channel blocks of 8 or 16)")  # fmt: skip
     parser.add_argument("--recover-epochs", type=int, default=0,
                         help="recover every pruned stage (planned and uniform alike) for this "
                              "many epochs of distillation on fit scenes (0: none)")  # fmt: skip
@@ -172,6 +176,7 @@ def main() -> None:
     spec = pipeline_spec(args, size)
     started = time.perf_counter()
     suffix = ("" if args.backend == "eager" else f"-{args.backend}") + (
+        f"-round{args.round_to}" if args.round_to > 1 else "") + (
         f"-recovered{args.recover_epochs}" if args.recover_epochs else ""
     )
     run_dir = args.out / f"run{suffix}"
