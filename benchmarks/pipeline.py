@@ -175,9 +175,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = pipeline_spec(args, size)
     started = time.perf_counter()
-    suffix = ("" if args.backend == "eager" else f"-{args.backend}") + (
-        f"-round{args.round_to}" if args.round_to > 1 else "") + (
-        f"-recovered{args.recover_epochs}" if args.recover_epochs else ""
+    suffix = (
+        ("" if args.backend == "eager" else f"-{args.backend}")
+        + (f"-round{args.round_to}" if args.round_to > 1 else "")
+        + (f"-recovered{args.recover_epochs}" if args.recover_epochs else "")
     )
     run_dir = args.out / f"run{suffix}"
     record = run_pipeline(spec, run_dir, force=True,
