@@ -125,7 +125,7 @@ def recover_stage(
     )
     with torch.no_grad():
         dense_full = dense.eval()(val_images)
-        dense_val = _first(dense_full)
+        dense_val = first_output(dense_full)
 
     def imitation(m: nn.Module) -> float:
         """The distillation loss on the validation share: how far from the dense outputs."""
@@ -138,7 +138,7 @@ def recover_stage(
         m.cpu()
         try:
             if metric is None:
-                return agreement(dense_val, _first(m(val_images)))
+                return agreement(dense_val, first_output(m(val_images)))
             value = float(metric.score(m, val_items, 16))
             return value if metric.higher_is_better else -value
         finally:
@@ -175,10 +175,11 @@ def recover_stage(
             "validation_best": None if best is None else best.val_score}  # fmt: skip
 
 
-def _first(output: Any) -> Tensor:
+def first_output(output: Any, error: type[Exception] = PipelineRecoveryError) -> Tensor:
+    """The first tensor of a stage's output (what agreement compares); ``error`` when none."""
     from prunekit._tensors import first_tensor
 
     found = first_tensor(output)
     if found is None:
-        raise PipelineRecoveryError(f"the stage's output ({type(output).__name__}) holds no tensor")
+        raise error(f"the stage's output ({type(output).__name__}) holds no tensor")
     return found

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from prunekit.api._pipeline_recovery import parse_recover, pruned, recover_stage
+from prunekit.api._pipeline_recovery import first_output, parse_recover, pruned, recover_stage
 from prunekit.errors import DataError, InvalidValueError
 from prunekit.evaluate.tasks import TaskDrop, TaskMetric, agreement, check_labels, task_metric
 
@@ -148,12 +148,7 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
-    from prunekit._tensors import first_tensor
-
-    found = first_tensor(output)
-    if found is None:
-        raise PipelineSpecError(f"the stage's output ({type(output).__name__}) holds no tensor")
-    return found
+    return first_output(output, PipelineSpecError)
 
 
 def _inputs(stage: dict[str, Any], loaded: Any, samples: int) -> dict[str, Any]:

@@ -209,6 +209,15 @@ def _dynamic_axes(
     return axes
 
 
+def check_tensor_inputs(inputs: ExampleInputs, backend: str) -> None:
+    """Exported graphs take tensors: a model called with a list or dict is refused."""
+    if any(isinstance(a, (list, tuple, dict)) for a in inputs.args):
+        raise BackendError(
+            f"the {backend} backend needs the model to take tensors; this model takes a list "
+            "or dict of tensors (e.g. a torchvision detector); use --backend eager"
+        )
+
+
 def ort_session(
     ort: Any, model: str | bytes, providers: list[str], threads: int | None = None
 ) -> Any:
@@ -260,11 +269,7 @@ class OnnxRuntimeBackend(Backend):
         self.info["providers"] = self.providers
 
     def runner(self, inputs: ExampleInputs, batch_size: int) -> Callable[[], Any]:
-        if any(isinstance(a, (list, tuple, dict)) for a in inputs.args):
-            raise BackendError(
-                "the onnxruntime backend needs the model to take tensors; this model takes "
-                "a list or dict of tensors (e.g. a torchvision detector); use --backend eager"
-            )
+        check_tensor_inputs(inputs, self.name)
         path = Path(self._tmp.name) / f"model_b{batch_size}.onnx"
         self.info.setdefault("exporter", {})[str(batch_size)] = export_onnx(
             self.model, inputs, path

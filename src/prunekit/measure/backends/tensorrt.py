@@ -26,7 +26,13 @@ from torch import nn
 from prunekit.errors import BackendError
 from prunekit.inputs import ExampleInputs
 from prunekit.measure.backends._base import Backend, check_parity, eager_reference
-from prunekit.measure.backends.ort import eager_output, export_onnx, input_names, tensor_names
+from prunekit.measure.backends.ort import (
+    check_tensor_inputs,
+    eager_output,
+    export_onnx,
+    input_names,
+    tensor_names,
+)
 
 # the model's dtype -> the builder flag that lets TensorRT use kernels of that precision
 _PRECISION_FLAGS = {torch.float16: "FP16", torch.bfloat16: "BF16"}
@@ -125,11 +131,7 @@ class TensorRTBackend(Backend):
         return engine
 
     def runner(self, inputs: ExampleInputs, batch_size: int) -> Callable[[], Any]:
-        if any(isinstance(a, (list, tuple, dict)) for a in inputs.args):
-            raise BackendError(
-                "the tensorrt backend needs the model to take tensors; this model takes a "
-                "list or dict of tensors (e.g. a torchvision detector); use --backend eager"
-            )
+        check_tensor_inputs(inputs, self.name)
         trt = self.trt
         in_names = input_names(inputs)
         out_names = tensor_names(eager_output(self.model, inputs), "output")
