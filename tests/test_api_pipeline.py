@@ -52,7 +52,13 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"dtype": "int8"}, "dtype 'int8' is not one of float32, float16, bfloat16"),
         ({"recover": {"lr": 0.1}}, "recover: give epochs:, seconds: or both"),
         ({"recover": {"epochs": 1, "steps": 3}}, "recover: unknown key 'steps'"),
-        ({"recover": {"epochs": 0}}, "recover: epochs must be an integer >= 1"),
+        ({"recover": {"epochs": 0}}, "recover: epochs must be a positive integer, got 0"),
+        ({"recover": {"epochs": True}}, "recover: epochs must be an integer, got bool True"),
+        ({"recover": {"seconds": -5}}, "recover: seconds must be > 0, got -5"),
+        ({"recover": {"epochs": 1, "lr": None}}, "recover: lr must be a number, got NoneType"),
+        ({"recover": {"epochs": 1, "validation": 1}}, "recover: validation must lie in \\(0, 1\\)"),
+        ({"recover": {"epochs": 1, "seed": 0.5}}, "recover: seed must be an integer"),
+        ({"recover": [1]}, "recover: expected a mapping \\(epochs, seconds, lr"),
         ({"recover": {"epochs": 1}}, "stage 2: recover needs data:"),
         ({"stages": []}, "stages: must be a list"),
         ({"stages": [{"name": "a"}]}, "stage 1: model: is required"),
@@ -314,7 +320,8 @@ def test_recovery_distils_planned_and_uniform_stages_on_fit_images(tmp_path: Pat
     spec["recover"] = {"epochs": 2, "lr": 2e-3, "samples": 300, "batch_size": 32}
     spec["stages"][1]["recover"] = False  # depth (random inputs, no data) opts out
     record = run_pipeline(spec, tmp_path / "out")
-    assert record["recover"] == spec["recover"]
+    # the settings as used, defaults filled in
+    assert record["recover"] == {**spec["recover"], "seconds": None, "validation": 0.1, "seed": 0}
     assert record["uniform_ratio"] > 0  # the uniform detect stage is pruned: it recovers
     for variant in ("planned", "uniform"):
         detect, depth = record[variant]["stages"]

@@ -14,56 +14,70 @@ Planned and uniform pipelines get the same recovery, so their comparison stays f
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import InvalidValueError
-
-RECOVER_KEYS = ("epochs", "seconds", "lr", "batch_size", "samples", "validation", "seed")
+from prunekit._checks import check_number
+from prunekit.errors import InvalidArgumentError, InvalidValueError
 
 
 class PipelineRecoveryError(InvalidValueError):
     """A ``recover:`` setting of a pipeline file that cannot be used."""
 
 
-def parse_recover(value: Any, where: str, error: type[Exception] = PipelineRecoveryError
-                  ) -> dict[str, Any] | None:  # fmt: skip
-    """The checked ``recover:`` mapping (None: no recovery); ``error``s name ``where``."""
-    if value is None or value is False:
-        return None
+@dataclass(frozen=True)
+class RecoverSettings:
+    """A checked ``recover:`` mapping: train for ``epochs`` and/or ``seconds`` (at least one)
+    at ``lr`` in batches of ``batch_size`` on the first ``samples`` fit images (all: None),
+    choosing the best epoch on a ``validation`` share of them drawn with ``seed``."""
+
+    epochs: int | None = None
+    seconds: float | None = None
+    lr: float = 1e-3
+    batch_size: int = 16
+    samples: int | None = None
+    validation: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.seconds is None:
+            raise InvalidValueError("give epochs:, seconds: or both")
+        for name in ("epochs", "batch_size", "samples"):
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), name, low=1, integer=True)
+        if self.seconds is not None:
+            check_number(self.seconds, "seconds", low=0, low_open=True)
+        check_number(self.lr, "lr", low=0, low_open=True)
+        check_number(self.validation, "validation", low=0, high=1, low_open=True, high_open=True)
+        check_number(self.seed, "seed", integer=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECOVER_KEYS = tuple(f.name for f in fields(RecoverSettings))
+
+
+def parse_recover(
+    value: Any, where: str, error: type[Exception] = PipelineRecoveryError
+) -> RecoverSettings | None:
+    """The checked ``recover:`` setting (None: no recovery); ``error``s name ``where``."""
+    if value is None or value is False or isinstance(value, RecoverSettings):
+        return value or None
     if not isinstance(value, dict):
-        raise error(f"{where}: recover: expected a mapping (epochs:, seconds:, "
-                                    "lr:, batch_size:, samples:, validation:, seed:)")  # fmt: skip
+        raise error(f"{where}: recover: expected a mapping ({', '.join(RECOVER_KEYS)}) or false")
     unknown = sorted(set(value) - set(RECOVER_KEYS))
     if unknown:
-        raise error(f"{where}: recover: unknown key {unknown[0]!r}; use "
-                                    f"{', '.join(RECOVER_KEYS)}")  # fmt: skip
-    if value.get("epochs") is None and value.get("seconds") is None:
-        raise error(f"{where}: recover: give epochs:, seconds: or both")
-    for key in ("epochs", "batch_size", "samples"):
-        v = value.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise error(f"{where}: recover: {key} must be an integer >= 1, "
-                                        f"got {v!r}")  # fmt: skip
-    for key in ("seconds", "lr"):
-        v = value.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                              or not math.isfinite(v) or v <= 0):  # fmt: skip
-            raise error(f"{where}: recover: {key} must be a positive number, "
-                                        f"got {v!r}")  # fmt: skip
-    share = value.get("validation", 0.1)
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-        raise error(f"{where}: recover: validation must be in (0, 1), got "
-                                    f"{share!r}")  # fmt: skip
-    seed = value.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise error(f"{where}: recover: seed must be an integer, got {seed!r}")
-    return dict(value)
+        raise error(f"{where}: recover: unknown key {unknown[0]!r}; use {', '.join(RECOVER_KEYS)}")
+    try:
+        return RecoverSettings(**value)
+    except (InvalidArgumentError, InvalidValueError) as exc:
+        raise error(f"{where}: recover: {exc}") from None
 
 
 class OutputDistillation:
@@ -93,7 +107,7 @@ def recover_stage(
     dense: nn.Module,
     data: Any,
     metric: Any,
-    settings: dict[str, Any],
+    settings: RecoverSettings,
     device: str,
     log: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
@@ -105,16 +119,16 @@ def recover_stage(
     from prunekit.evaluate.tasks import agreement
     from prunekit.recovery.finetuning import FinetuneConfig, finetune
 
-    seed = int(settings.get("seed", 0))
+    seed = settings.seed
     fit = data.fit
-    count = min(int(settings.get("samples") or len(fit)), len(fit))
+    count = min(settings.samples or len(fit), len(fit))
     items = [fit[i] for i in range(count)]
-    train_items, val_items = seeded_split(items, float(settings.get("validation", 0.1)), seed,
+    train_items, val_items = seeded_split(items, settings.validation, seed,
                                           "the stage's fit part")  # fmt: skip
     images = torch.stack([x for x, _ in train_items])
     val_images = torch.stack([x for x, _ in val_items])
     generator = torch.Generator().manual_seed(seed)
-    batch = int(settings.get("batch_size", 16))
+    batch = settings.batch_size
     # a list of image tensors: the loader's batches are image tensors, the model's input
     loader: torch.utils.data.DataLoader[Tensor] = torch.utils.data.DataLoader(
         list(images),  # type: ignore[arg-type]
@@ -144,9 +158,9 @@ def recover_stage(
         finally:
             m.to(where)
 
-    epochs = int(settings.get("epochs") or 1000)
-    config = FinetuneConfig(epochs=epochs, lr=float(settings.get("lr", 1e-3)), optimizer="adamw",
-                            weight_decay=0.0, max_seconds=settings.get("seconds"), seed=seed,
+    # seconds alone: epochs enough that the clock stops the run
+    config = FinetuneConfig(epochs=settings.epochs or 1000, lr=settings.lr, optimizer="adamw",
+                            weight_decay=0.0, max_seconds=settings.seconds, seed=seed,
                             device=device)  # fmt: skip
     began = time.perf_counter()
     with torch.no_grad():

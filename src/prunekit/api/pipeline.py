@@ -65,7 +65,8 @@ def _unknown(keys: Any, known: set[str], where: str) -> None:
 
 
 def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
-    """Check a pipeline mapping; every mistake is one line naming the key."""
+    """Check a pipeline mapping; every mistake is one line naming the key. Returns a copy whose
+    ``recover`` values (top level and per stage) are ``RecoverSettings`` or None."""
     if not isinstance(data, dict):
         raise PipelineSpecError(f"{where}: expected a mapping (budget_ms:, stages: ...)")
     _unknown(data, TOP_KEYS, where)
@@ -114,7 +115,7 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
         raise PipelineSpecError(f"{where}: stages: must be a list of stages (name, model, ...)")
-    names = []
+    names, checked = [], []
     for i, stage in enumerate(stages):
         at = f"{where}: stage {i + 1}"
         if not isinstance(stage, dict):
@@ -134,17 +135,19 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
         if not isinstance(plan, dict):
             raise PipelineSpecError(f"{at}: plan: expected a mapping (round_to:, blocks:)")
         _unknown(plan, {"round_to", "blocks"}, f"{at}: plan")
-        own = stage.get("recover", recover)
-        if parse_recover(own, at, PipelineSpecError) is not None and not stage.get("data"):
+        own = parse_recover(stage.get("recover", recover), at, PipelineSpecError)
+        if own is not None and not stage.get("data"):
             raise PipelineSpecError(f"{at}: recover needs data: (the fit images the pruned "
                                     "model learns to imitate the dense one on)")  # fmt: skip
+        checked.append({**stage, "recover": own})
         weight = stage.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
             raise PipelineSpecError(f"{at}: weight must be a number >= 0, got {weight!r}")
         names.append(stage["name"])
     if len(set(names)) != len(names):
         raise PipelineSpecError(f"{where}: stage names must be unique, got {names}")
-    return data
+    # a copy with each stage's recover: resolved (its own, else the top level's) and checked
+    return {**data, "recover": recover, "stages": checked}
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -425,7 +428,7 @@ def _run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
     # recovery changes weights, not shapes: the measured latencies stand
     recovered: dict[str, dict[str, Any]] = {"planned": {}, "uniform": {}}
     for stage in spec["stages"]:
-        settings = parse_recover(stage.get("recover", spec.get("recover")), stage["name"])
+        settings = stage["recover"]
         if settings is None:
             continue
         f = facts[stage["name"]]
@@ -444,7 +447,8 @@ def _run_pipeline(spec: dict[str, Any] | str | Path, out: str | Path, *,
                               "timings": {k: round(v, 3) for k, v in timings.items()},
                               "uniform_ratio": ratio,
                               "uniform_meets_budget_predicted": uniform_meets,
-                              "replans": replans, "recover": spec.get("recover"),
+                              "replans": replans,
+                              "recover": spec["recover"] and spec["recover"].to_dict(),
                               "budget_met_measured": measured["planned"]["total_ms"]
                               <= budget_ms * 1.03}  # fmt: skip
 
