@@ -251,6 +251,20 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
                                                 "pipeline runs on onnxruntime"):  # fmt: skip
         run_pipeline({**_with_tables(tables), "backend": "onnxruntime"}, tmp_path / "e")
     assert not (tmp_path / "e").exists()
+    # nor does an ONNX Runtime table timed with spinning threads (the default, and every
+    # table from before the setting was recorded) predict a pipeline's sessions, which do not
+    for spinning in (True, None):
+        for name in ("detect", "depth"):
+            made = json.loads(Path(tables[name]).read_text())
+            made["device"].update(backend="onnxruntime", spinning=spinning)
+            if spinning is None:
+                del made["device"]["spinning"]
+            Path(tables[name]).write_text(json.dumps(made))
+        with pytest.raises(PipelineSpecError, match=r"timed with ONNX Runtime's threads spinning"
+                                                    r".*profile the stage with --no-spinning"):  # fmt: skip
+            run_pipeline({**_with_tables(tables), "backend": "onnxruntime"}, tmp_path / "e")
+        assert not (tmp_path / "e").exists()
+    tables = _linear_tables(tmp_path)
     # nor does a float32 table predict a bfloat16 pipeline
     with pytest.raises(PipelineSpecError, match="measured in float32, but the pipeline runs "
                                                 "in bfloat16; profile the stage with --dtype"):  # fmt: skip

@@ -285,6 +285,19 @@ def test_cli_writes_the_table(cli, user_module, tmp_path: Path) -> None:  # type
     assert "dense" in result.err  # progress goes to stderr
 
 
+@pytest.mark.parametrize(("extra", "spins"), [((), True), (("--no-spinning",), False)])
+def test_cli_records_whether_onnxruntime_threads_spin(  # type: ignore[no-untyped-def]
+    cli, user_module, tmp_path: Path, extra: tuple[str, ...], spins: bool
+) -> None:
+    """A pipeline's sessions do not spin; --no-spinning makes the table it accepts."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "lut.json"
+    result = cli(*_profile_args(user_module, out, "--backend", "onnxruntime", *extra))
+    assert result.code == 0, result.err
+    table = LatencyTable.load(out)
+    assert table.device["backend"] == "onnxruntime" and table.device["spinning"] is spins
+
+
 def test_cli_refuses_bad_input(cli, user_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "lut.json"
     bad_runs = [

@@ -191,6 +191,13 @@ def _check_table_device(stage: str, path: Any, lut: Any, device: str, backend: s
         raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured with "
                                 f"the {on} backend, but the pipeline runs on {backend}; "
                                 f"profile the stage with --backend {backend}")  # fmt: skip
+    # a pipeline's sessions do not spin (run_pipeline); a table timed with spinning threads
+    # (ONNX Runtime's default; tables from before the record: spinning) times each stage alone
+    if backend == "onnxruntime" and lut.device.get("spinning", True):
+        raise PipelineSpecError(f"stage {stage}: the latency table {path} was timed with ONNX "
+                                "Runtime's threads spinning, which a pipeline's sessions do not "
+                                "do (each would take the cores from the next); profile the "
+                                "stage with --no-spinning")  # fmt: skip
     made = str(lut.device.get("dtype") or "float32")
     if made != dtype:
         raise PipelineSpecError(f"stage {stage}: the latency table {path} was measured in "

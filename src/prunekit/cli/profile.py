@@ -51,6 +51,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="kept channel counts are multiples of N (use the plan's --round-to)",
     )
+    parser.add_argument(
+        "--no-spinning",
+        dest="spinning",
+        action="store_false",
+        help="onnxruntime: sessions whose threads do not busy-wait between runs, as in "
+        "prunekit pipeline, which refuses a table timed with spinning threads",
+    )
     parser.add_argument("--no-blocks", dest="blocks", action="store_false",
                         help="do not time the model with each residual block dropped")  # fmt: skip
     parser.add_argument(
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.errors import InputSpecError
     from prunekit.graph import trace_channels
     from prunekit.measure.backends import check_backend_device
+    from prunekit.measure.backends.ort import ort_spinning
     from prunekit.measure.latency import resolve_device
     from prunekit.planning.lut import (
         DEFAULT_FRACTIONS,
@@ -127,12 +135,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     say(f"{loaded.name}: input {loaded.input_spec.describe()} ({loaded.input_note})")
     graph = trace_channels(loaded.model, loaded.input_spec.make(1))
-    table = profile_latency(
-        loaded.model, loaded.input_spec, graph, backend=args.backend, device=args.device,
-        batch_size=args.batch_size, threads=args.threads, dtype=args.dtype,
-        fractions=fractions, policy=policy, round_to=args.round_to, method=args.method, model_name=loaded.name,
-        blocks=args.blocks, log=say,
-    )  # fmt: skip
+    with ort_spinning(args.spinning):
+        table = profile_latency(
+            loaded.model, loaded.input_spec, graph, backend=args.backend, device=args.device,
+            batch_size=args.batch_size, threads=args.threads, dtype=args.dtype,
+            fractions=fractions, policy=policy, round_to=args.round_to, method=args.method, model_name=loaded.name,
+            blocks=args.blocks, log=say,
+        )  # fmt: skip
     table.provenance = loaded.provenance()
     table.save(out, force=True)  # checked above: nothing but a latency table is replaced
     _print_human(table, out)
