@@ -176,6 +176,56 @@ def test_a_two_stage_pipeline(tmp_path: Path) -> None:
         assert (tmp_path / "out" / name / "sensitivity.json").is_file()
 
 
+@pytest.mark.slow
+def test_measured_frontiers_plan_on_whole_model_times(tmp_path: Path) -> None:
+    """frontier: measured: every frontier point and uniform grid ratio is timed as a whole
+    pruned model and cached; a second run takes the times from the cache, and the plan and
+    the uniform ratio are chosen on them (here times written into the cache: 2 ms plus 8 ms
+    times the share of channels kept, which the tables' linear 10 ms do not predict)."""
+    from prunekit.api.pipeline import run_pipeline
+    from prunekit.planning.pipeline import UNIFORM_GRID, keep_key, uniform_keep
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, path in _linear_tables(tmp_path).items():
+        Path(path).rename(cache / f"{name}.lut.json")
+    spec = {**_spec(), "cache": str(cache), "frontier": "measured", "replan": 0,
+            "budget_fraction": 1.0}  # fmt: skip
+    first = run_pipeline(spec, tmp_path / "first")
+    assert first["frontier"] == "measured" and first["uniform_ratio"] == 0.0
+    sizes, tables = {}, {}
+    for name in ("detect", "depth"):
+        counted = first["options_timed"][name]
+        timed = json.loads((cache / f"{name}.options.json").read_text())
+        assert counted["timed_now"] == counted["options"] == len(timed["ms"]) >= len(UNIFORM_GRID)
+        assert all(ms > 0 for ms in timed["ms"].values())
+        groups = json.loads((tmp_path / "first" / name / "lut.json").read_text())["groups"]
+        sizes[name] = {k: g["size"] for k, g in groups.items()}
+        total = sum(sizes[name].values())
+        timed["dense_ms"] = 10.0
+        timed["ms"] = {key: 2.0 + 8.0 * sum(v for _, v in json.loads(key)[0]) / total
+                       for key in timed["ms"]}  # fmt: skip
+        (cache / f"{name}.options.json").write_text(json.dumps(timed))
+        tables[name] = timed["ms"]
+
+    def uniform_ms(name: str, ratio: float) -> float:
+        return tables[name].get(keep_key(uniform_keep(sizes[name], ratio)), 10.0)
+
+    record = run_pipeline({**spec, "budget_fraction": 0.6}, tmp_path / "out")
+    assert all(record["options_timed"][n]["timed_now"] == 0 for n in ("detect", "depth"))
+    # the least grid ratio whose stages, as timed, fit 60% of the dense 20 ms
+    fits = [r for r in UNIFORM_GRID if uniform_ms("detect", r) + uniform_ms("depth", r) <= 12.0]
+    assert record["uniform_ratio"] == fits[0]
+    scale = record["budget_ms"] / 0.6 / 20.0  # the dense frame as measured, per 20 ms timed
+    for row in record["uniform"]["stages"]:
+        expected = uniform_ms(row["name"], record["uniform_ratio"])
+        assert row["predicted_ms"] == pytest.approx(expected * scale)
+    for row in record["planned"]["stages"]:  # each stage's option at its time as timed
+        assert min(abs(row["predicted_ms"] / scale - ms)
+                   for ms in (10.0, *tables[row["name"]].values())) < 1e-9  # fmt: skip
+    assert record["planned"]["total_ms_predicted"] <= 12.0 * scale * 1.0001
+
+
 def _perception_stage(name: str, factory: str, metric: str, weight: float) -> dict[str, Any]:
     return {"name": name, "model": f"prunekit.nn.perception:{factory}",
             "model_kwargs": {"width": 16}, "input_shape": "1,3,48,48", "data": "scenes:8,6",

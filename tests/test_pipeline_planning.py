@@ -12,11 +12,15 @@ from typing import Any, ClassVar
 import pytest
 
 from prunekit.planning.pipeline import (
+    MeasuredTable,
     PipelineError,
     Stage,
     StagePoint,
     allocate,
+    keep_key,
+    measured_stage,
     pareto,
+    uniform_keep,
     uniform_ratio,
 )
 
@@ -102,6 +106,42 @@ def test_uniform_ratio_meets_the_budget_with_the_least_cut() -> None:
     assert uniform_ratio(stages, 100)[0] == 0.0
     ratio, ms, meets = uniform_ratio(stages, 4.5)  # below any width: the fastest, said
     assert not meets and ratio > 0.85 and sum(ms.values()) > 4.5
+
+
+def test_a_measured_table_knows_only_what_it_timed_and_the_grid_picks_from_it() -> None:
+    """frontier: measured: the uniform ratio is the least grid ratio whose measured stages
+    fit; a structure the table never timed is an error, not a guess."""
+    sizes = {"a": {"g": 20}, "b": {"g1": 10, "g2": 30}}
+    grid = (0.25, 0.5, 0.75)
+    # measured: each stage saves little until half its channels go (a runtime's blocking)
+    timed = {"a": {0.25: 9.5, 0.5: 6.0, 0.75: 5.0}, "b": {0.25: 9.8, 0.5: 7.0, 0.75: 6.5}}
+    tables = {n: MeasuredTable(sizes[n], 10.0, {keep_key(uniform_keep(sizes[n], r)): ms
+                                                for r, ms in timed[n].items()})
+              for n in sizes}  # fmt: skip
+    stages = {n: (sizes[n], tables[n]) for n in sizes}
+    assert uniform_ratio(stages, 20.0, ratios=grid) == (0.0, {"a": 10.0, "b": 10.0}, True)
+    assert uniform_ratio(stages, 19.3, ratios=grid) == (0.25, {"a": 9.5, "b": 9.8}, True)
+    assert uniform_ratio(stages, 13.0, ratios=grid) == (0.5, {"a": 6.0, "b": 7.0}, True)
+    assert uniform_ratio(stages, 11.0, ratios=grid) == (0.75, {"a": 5.0, "b": 6.5}, False)
+    assert uniform_keep(sizes["b"], 0.75) == {"g1": 2, "g2": 8}  # rounded, at least 1
+    with pytest.raises(PipelineError, match="was not timed"):
+        tables["a"].predict({"g": 13})
+
+
+def test_a_measured_stage_drops_the_points_its_measurement_beats() -> None:
+    """The table ordered the options by its sums; timed whole, an option can be slower than
+    one that loses less, and the frontier drops it."""
+    stage = _stage("s", [(10.0, 0.0), (8.0, 0.1), (6.0, 0.3), (4.0, 0.6)])
+    plans = [None, "p8", "p6", "p4"]
+    stage.points = [StagePoint(p.ms, p.loss, p.fraction, plan)
+                    for p, plan in zip(stage.points[::-1], plans, strict=True)][::-1]  # fmt: skip
+    measured = measured_stage(stage, 9.0, {0: 5.0, 1: 7.5, 2: 7.0})  # p4, p6, p8 by index
+    assert [(p.ms, p.loss, p.plan) for p in measured.points] == [
+        (5.0, 0.6, "p4"),
+        (7.0, 0.1, "p8"),
+        (9.0, 0.0, None),
+    ]  # p6: slower than p8, loses more
+    assert measured.dense_ms == 9.0
 
 
 def _linear(lut: Any) -> Any:

@@ -37,7 +37,10 @@ from typing import Any
 from prunekit.errors import PrunekitError
 
 # latency targets per stage, as fractions of its dense predicted latency
-LADDER = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3)
+LADDER = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
+          0.15, 0.1)  # fmt: skip
+# the uniform ratios timed when the options are measured (``MeasuredTable``)
+UNIFORM_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 Log = Callable[[str], None]
 
@@ -180,12 +183,14 @@ def uniform_ratio(
     *,
     tolerance: float = 1e-3,
     most: float = 0.9,
+    ratios: Sequence[float] | None = None,
 ) -> tuple[float, dict[str, float], bool]:
     """The one fraction of channels removed from every group of every stage whose summed
     predicted latency meets ``budget_ms`` (the least such ratio), each stage's predicted ms at
     it, and whether it meets the budget: where no ratio up to ``most`` does (small models
     whose time is per-layer overhead), the ratio predicted fastest is returned with False.
-    ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency table)."""
+    ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency table).
+    ``ratios``: only these are candidates (tables that know only them: ``MeasuredTable``)."""
 
     def predicted(ratio: float) -> dict[str, float]:
         out = {}
@@ -199,6 +204,10 @@ def uniform_ratio(
 
     if total(0.0) <= budget_ms:
         return 0.0, predicted(0.0), True
+    if ratios is not None:
+        meeting = [r for r in sorted(ratios) if total(r) <= budget_ms]
+        chosen = meeting[0] if meeting else min(ratios, key=total)
+        return chosen, predicted(chosen), bool(meeting)
     if total(most) > budget_ms:
         grid = [most * i / 40 for i in range(41)]
         fastest = min(grid, key=total)
@@ -250,6 +259,47 @@ class CorrectedTable:
         return self.dense_measured - self.efficiency * saving * self.scale
 
 
+def uniform_keep(sizes: Mapping[str, int], ratio: float) -> dict[str, int]:
+    """The channels each group keeps at one uniform ``ratio`` removed."""
+    return {k: max(1, round(n * (1 - ratio))) for k, n in sizes.items()}
+
+
+def keep_key(keep: Mapping[str, int], dropped: Sequence[str] = ()) -> str:
+    """One string per pruned structure (kept channels per group, dropped blocks)."""
+    import json
+
+    return json.dumps([sorted(keep.items()), sorted(dropped)])
+
+
+class MeasuredTable:
+    """Latencies measured on whole pruned models, looked up by their structure: ``points``
+    maps ``keep_key(kept, dropped)`` to ms, ``dense_ms`` is the unpruned model's. Asked for a
+    structure it did not time, it says so (``uniform_ratio`` with ``ratios`` asks only for
+    those it timed). ``groups``: every group's full width (kept at it: not pruned)."""
+
+    def __init__(self, groups: Mapping[str, int], dense_ms: float, points: Mapping[str, float]
+                 ) -> None:  # fmt: skip
+        self.groups, self.dense_ms, self.points = dict(groups), dense_ms, dict(points)
+
+    def predict(self, kept: Mapping[str, float], dropped: Sequence[str] = ()) -> float:
+        if not dropped and all(kept.get(k, n) >= n for k, n in self.groups.items()):
+            return self.dense_ms
+        key = keep_key({k: int(v) for k, v in kept.items()}, dropped)
+        if key not in self.points:
+            raise PipelineError("this structure was not timed (a measured table knows only the "
+                                "structures it measured)")  # fmt: skip
+        return self.points[key]
+
+
+def measured_stage(stage: Stage, dense_ms: float, point_ms: Mapping[int, float]) -> Stage:
+    """``stage`` with each point at its measured latency (``point_ms``: index in
+    ``stage.points`` -> ms; the dense point at ``dense_ms``), Pareto again: a point the table
+    favoured may measure slower than a cheaper one."""
+    points = [StagePoint(dense_ms if p.plan is None else point_ms[i], p.loss, p.fraction, p.plan)
+              for i, p in enumerate(stage.points)]  # fmt: skip
+    return Stage(stage.name, stage.weight, dense_ms, pareto(points))
+
+
 def predicted_loss(sensitivity: Any, keep: Mapping[str, int]) -> float:
     """The sensitivity-predicted loss of cutting each group to ``keep[group]`` channels (the
     planner's additive model), for a plan made some other way (a uniform ratio)."""
@@ -270,13 +320,15 @@ def measure_pipelines(
     policy: Any = None,
     backend: str = "eager",
     dtype: str = "float32",
+    frames: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Time whole pipelines interleaved: ``variants`` maps a name (dense, planned, uniform) to
     its stages ``(stage name, model, example inputs)``, run one after another per frame on
     ``backend`` (each stage its own runtime: an ONNX Runtime session, a compiled module...).
     Each round times every variant's frame and every stage alone, in an order rotating from
     round to round (``measure.compare``'s scheme); medians over rounds, in ms. ``dtype``
-    other than float32: each stage is timed as a cast copy (the models keep their weights)."""
+    other than float32: each stage is timed as a cast copy (the models keep their weights).
+    ``frames=False``: the stages alone (``total_ms`` is then their sum)."""
     import statistics
 
     import torch
@@ -311,7 +363,8 @@ def measure_pipelines(
                     runtimes.append(runtime)
                     batch = inputs.tensors()[0].shape[0] if inputs.tensors() else 1
                     calls[f"{variant}/{stage}"] = runtime.runner(inputs, batch)
-                calls[f"{variant}/"] = _frame([calls[f"{variant}/{s}"] for s, _, _ in stages])
+                if frames:
+                    calls[f"{variant}/"] = _frame([calls[f"{variant}/{s}"] for s, _, _ in stages])
             timed = {key: [] for key in calls}
             for order in round_orders(list(calls), rounds):
                 for key in order:
@@ -322,10 +375,12 @@ def measure_pipelines(
             runtime.close()
     out: dict[str, dict[str, Any]] = {}
     for variant, stages in variants.items():
+        alone = {s: statistics.median(timed[f"{variant}/{s}"]) for s, _, _ in stages}
+        frame = timed.get(f"{variant}/")
         out[variant] = {
-            "total_ms": statistics.median(timed[f"{variant}/"]),
-            "total_rounds_ms": timed[f"{variant}/"],
-            "stages": {s: statistics.median(timed[f"{variant}/{s}"]) for s, _, _ in stages},
+            "total_ms": statistics.median(frame) if frame else sum(alone.values()),
+            "total_rounds_ms": frame,
+            "stages": alone,
         }
     return out
 

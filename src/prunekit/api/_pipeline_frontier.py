@@ -1,0 +1,141 @@
+"""``frontier: measured``: every option of every stage timed whole before the allocation.
+
+A latency table adds up savings measured one group at a time; on small inputs those savings
+overlap (per-layer overheads, memory effects, a runtime's channel blocking), and a heavily
+pruned stage saves far less than the sum promises (seen here: a third of the promise for
+MobileNetV2 stages on ONNX Runtime). Timing each frontier point and each uniform ratio as a
+whole pruned model, as NetAdapt does for its proposals, replaces the promise with the
+measurement, so the allocation and the uniform baseline are chosen on what runs. The stage's
+loss stays the sensitivity's prediction. Each option is timed alone (stage by stage, without
+the frame), interleaved with the dense stage in rounds; the times are cached per stage in
+``cache/`` (refused and remade when the model, backend, precision, threads or batch differ).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prunekit.measure.latency import TimingPolicy
+
+# per option, rounds x one short timing: the options differ by far more than this resolves
+OPTION_POLICY = TimingPolicy(warmup_calls=2, warmup_s=0.0, min_repeats=3, min_time_s=0.2,
+                             max_repeats=200, max_time_s=0.6, target_rel_ci=0.05)  # fmt: skip
+OPTION_ROUNDS = 3
+CHUNK = 12  # options made (and held as runtimes) at once, beside the dense stage
+
+
+def planned_model(facts: Any, plan: Any) -> nn.Module:
+    """The stage's model pruned by ``plan`` (a copy, also for None: kept dense)."""
+    import prunekit as pk
+
+    model = copy.deepcopy(facts.model)
+    if plan is not None:
+        pk.prune_(model, facts.example, pk.PlanPruning(plan=plan))
+    return model
+
+
+def uniform_model(facts: Any, ratio: float) -> nn.Module:
+    """The stage's model with ``ratio`` of every group's channels removed (a copy)."""
+    import prunekit as pk
+
+    model = copy.deepcopy(facts.model)
+    if ratio > 0:
+        pk.prune_(model, facts.example, pk.StructuredPruning(ratio=ratio))
+    return model
+
+
+def uniform_table_keep(facts: Any, ratio: float) -> dict[str, int]:
+    """What ``uniform_ratio`` asks a table for at ``ratio``: the kept channels of the groups
+    the table knows."""
+    from prunekit.planning.pipeline import uniform_keep
+
+    return {k: v for k, v in uniform_keep(facts.sizes, ratio).items() if k in facts.lut.groups}
+
+
+def measure_options(
+    frontiers: list[Any], facts: dict[str, Any], spec: dict[str, Any], cache: Path | None,
+    say: Callable[[str], object],
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The frontiers with every point at its measured ms, per stage a ``MeasuredTable`` of the
+    uniform grid's ratios, and what was done (``options``: per stage how many were timed and
+    how many came from the cache)."""
+    from prunekit.planning.pipeline import (
+        UNIFORM_GRID,
+        MeasuredTable,
+        keep_key,
+        measure_pipelines,
+        measured_stage,
+    )
+
+    measured, tables, done = [], {}, {}
+    for stage in frontiers:
+        f = facts[stage.name]
+        makers: dict[str, Callable[[], nn.Module]] = {}
+        for p in stage.points:
+            if p.plan is not None:
+                key = keep_key(p.plan.keep, p.plan.drop_blocks)
+                makers[key] = functools.partial(planned_model, f, p.plan)
+        for ratio in UNIFORM_GRID:
+            makers[keep_key(uniform_table_keep(f, ratio))] = functools.partial(
+                uniform_model, f, ratio
+            )
+        settings = _settings(spec, stage.name, f)
+        path = cache / f"{stage.name}.options.json" if cache else None
+        known = _load(path, settings)
+        todo = [k for k in makers if k not in known["ms"]]
+        if todo:
+            say(
+                f"{stage.name}: timing {len(todo)} options whole ({len(makers) - len(todo)} cached)"
+            )
+        for start in range(0, len(todo), CHUNK):
+            keys = todo[start : start + CHUNK]
+            variants = {"dense": [(stage.name, f.model, f.example)]}
+            variants.update({f"o{i}": [(stage.name, makers[k](), f.example)]
+                             for i, k in enumerate(keys)})  # fmt: skip
+            timed = measure_pipelines(variants, rounds=OPTION_ROUNDS, threads=spec.get("threads"),
+                                      device=spec.get("device", "cpu"), policy=OPTION_POLICY,
+                                      backend=str(spec.get("backend", "eager")),
+                                      dtype=str(spec.get("dtype", "float32")), frames=False)  # fmt: skip
+            dense = timed["dense"]["total_ms"]
+            known.setdefault("dense_ms", dense)
+            # chunks timed minutes apart: each option relative to its own chunk's dense stage
+            for i, k in enumerate(keys):
+                known["ms"][k] = timed[f"o{i}"]["total_ms"] * known["dense_ms"] / dense
+            if path is not None:
+                path.write_text(json.dumps(known, indent=1) + "\n")
+        dense_ms = float(known["dense_ms"]) if known["ms"] else float(stage.dense_ms)
+        point_ms = {i: known["ms"][keep_key(p.plan.keep, p.plan.drop_blocks)]
+                    for i, p in enumerate(stage.points) if p.plan is not None}  # fmt: skip
+        measured.append(measured_stage(stage, dense_ms, point_ms))
+        tables[stage.name] = MeasuredTable({k: n for k, n in f.sizes.items() if k in f.lut.groups},
+                                          dense_ms, known["ms"])  # fmt: skip
+        done[stage.name] = {"options": len(makers), "timed_now": len(todo), "dense_ms": dense_ms}
+    return measured, tables, done
+
+
+def _settings(spec: dict[str, Any], name: str, facts: Any) -> dict[str, Any]:
+    """What the cached times depend on: the model's structure and where it was timed."""
+    return {"model": next(s["model"] for s in spec["stages"] if s["name"] == name),
+            "groups": facts.sizes, "inputs": [list(t.shape) for t in facts.example.tensors()],
+            **{k: spec.get(k) for k in ("device", "backend", "dtype", "threads", "batch_size")},
+            "policy": dataclasses.asdict(OPTION_POLICY), "rounds": OPTION_ROUNDS}  # fmt: skip
+
+
+def _load(path: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The cached times when their settings are these (a stale file is ours: remade)."""
+    if path is not None and path.is_file():
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = None
+        if isinstance(known, dict) and known.get("settings") == json.loads(json.dumps(settings)):
+            return known
+    return {"settings": settings, "ms": {}}

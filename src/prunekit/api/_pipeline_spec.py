@@ -1,0 +1,125 @@
+"""The pipeline file (``prunekit pipeline PIPELINE.yaml``): its keys, checked one by one."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import math
+from typing import Any
+
+from prunekit.api._pipeline_recovery import parse_recover
+from prunekit.errors import InvalidValueError
+
+# where the stages can be timed; tensorrt without TensorRT is refused with its own message
+PIPELINE_BACKENDS = ("eager", "onnxruntime", "compile", "tensorrt")
+# the precision the stages are timed in (tables and pipelines); metrics stay in float32
+PIPELINE_DTYPES = ("float32", "float16", "bfloat16")
+TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "dtype", "recover", "batch_size", "threads",
+            "rounds", "stages", "metric_samples", "lut_timing", "cache", "replan", "frontier"}  # fmt: skip
+STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
+              "weight", "lut", "sensitivity", "plan", "recover"}  # fmt: skip
+METRICS = ("agreement", "map", "miou", "absrel")
+# predicted: each option's latency from the stage's table; measured: each option timed whole
+FRONTIERS = ("predicted", "measured")
+
+
+class PipelineSpecError(InvalidValueError):
+    """A pipeline file that cannot be used."""
+
+
+def _unknown(keys: Any, known: set[str], where: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PipelineSpecError(f"{where}: unknown key {key!r}{hint}; known: "
+                                    f"{', '.join(sorted(known))}")  # fmt: skip
+
+
+def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
+    """Check a pipeline mapping; every mistake is one line naming the key. Returns a copy whose
+    ``recover`` values (top level and per stage) are ``RecoverSettings`` or None."""
+    if not isinstance(data, dict):
+        raise PipelineSpecError(f"{where}: expected a mapping (budget_ms:, stages: ...)")
+    _unknown(data, TOP_KEYS, where)
+    if ("budget_ms" in data) == ("budget_fraction" in data):
+        raise PipelineSpecError(f"{where}: give exactly one of budget_ms (ms per frame) or "
+                                "budget_fraction (of the dense pipeline's measured time)")  # fmt: skip
+    for key in ("budget_ms", "budget_fraction"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise PipelineSpecError(f"{where}: {key} must be a positive number, got {value!r}")
+    if data.get("budget_fraction", 0.5) > 1:
+        raise PipelineSpecError(f"{where}: budget_fraction must be at most 1")
+    backend = data.get("backend", "eager")
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise PipelineSpecError(f"{where}: backend tensorrt needs TensorRT, which is not "
+                                "installed here (NVIDIA GPUs: pip install tensorrt; Jetson: "
+                                "it comes with JetPack)")  # fmt: skip
+    if backend == "tensorrt" and data.get("device", "cpu") != "cuda":
+        raise PipelineSpecError(f"{where}: backend tensorrt runs on NVIDIA GPUs; set device: cuda")
+    dtype = data.get("dtype", "float32")
+    if dtype not in PIPELINE_DTYPES:
+        raise PipelineSpecError(f"{where}: dtype {dtype!r} is not one of "
+                                f"{', '.join(PIPELINE_DTYPES)}")  # fmt: skip
+    if backend not in PIPELINE_BACKENDS:
+        raise PipelineSpecError(f"{where}: backend {backend!r} is not supported by "
+                                f"prunekit pipeline; use one of {', '.join(PIPELINE_BACKENDS)}")  # fmt: skip
+    if data.get("frontier", "predicted") not in FRONTIERS:
+        raise PipelineSpecError(f"{where}: frontier {data['frontier']!r} is not one of "
+                                f"{', '.join(FRONTIERS)}")  # fmt: skip
+    for key in ("replan", "rounds", "metric_samples", "batch_size", "threads"):
+        value = data.get(key)
+        low = 0 if key == "replan" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):  # fmt: skip
+            raise PipelineSpecError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
+    timing = data.get("lut_timing")
+    if timing is not None:
+        from prunekit.measure.latency import TimingPolicy
+
+        if not isinstance(timing, dict):
+            raise PipelineSpecError(f"{where}: lut_timing: expected a mapping of TimingPolicy "
+                                    "fields (min_repeats, min_time_s, max_time_s, ...)")  # fmt: skip
+        try:
+            TimingPolicy(**timing)
+        except (TypeError, ValueError) as exc:
+            raise PipelineSpecError(f"{where}: lut_timing: {exc}") from None
+    recover = parse_recover(data.get("recover"), where, PipelineSpecError)
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise PipelineSpecError(f"{where}: stages: must be a list of stages (name, model, ...)")
+    names, checked = [], []
+    for i, stage in enumerate(stages):
+        at = f"{where}: stage {i + 1}"
+        if not isinstance(stage, dict):
+            raise PipelineSpecError(f"{at}: expected a mapping (name:, model:, ...)")
+        _unknown(stage, STAGE_KEYS, at)
+        for key in ("name", "model"):
+            if not isinstance(stage.get(key), str) or not stage[key]:
+                raise PipelineSpecError(f"{at}: {key}: is required")
+        metric = stage.get("metric", "agreement")
+        if not isinstance(metric, str) or (metric not in METRICS and ":" not in metric):
+            raise PipelineSpecError(f"{at}: metric {metric!r} is not known; use "
+                                    f"{', '.join(METRICS)} or module:callable")  # fmt: skip
+        if metric != "agreement" and not stage.get("data"):
+            raise PipelineSpecError(f"{at}: metric {metric} needs labelled data (data: scenes, "
+                                    "a segmentation folder, ...)")  # fmt: skip
+        plan = stage.get("plan") or {}
+        if not isinstance(plan, dict):
+            raise PipelineSpecError(f"{at}: plan: expected a mapping (round_to:, blocks:)")
+        _unknown(plan, {"round_to", "blocks"}, f"{at}: plan")
+        own = parse_recover(stage.get("recover", recover), at, PipelineSpecError)
+        if own is not None and not stage.get("data"):
+            raise PipelineSpecError(f"{at}: recover needs data: (the fit images the pruned "
+                                    "model learns to imitate the dense one on)")  # fmt: skip
+        checked.append({**stage, "recover": own})
+        weight = stage.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise PipelineSpecError(f"{at}: weight must be a number >= 0, got {weight!r}")
+        names.append(stage["name"])
+    if len(set(names)) != len(names):
+        raise PipelineSpecError(f"{where}: stage names must be unique, got {names}")
+    # a copy with each stage's recover: resolved (its own, else the top level's) and checked
+    return {**data, "recover": recover, "stages": checked}
