@@ -123,7 +123,10 @@ def test_a_measured_table_knows_only_what_it_timed_and_the_grid_picks_from_it() 
     assert uniform_ratio(stages, 19.3, ratios=grid) == (0.25, {"a": 9.5, "b": 9.8}, True)
     assert uniform_ratio(stages, 13.0, ratios=grid) == (0.5, {"a": 6.0, "b": 7.0}, True)
     assert uniform_ratio(stages, 11.0, ratios=grid) == (0.75, {"a": 5.0, "b": 6.5}, False)
-    assert uniform_keep(sizes["b"], 0.75) == {"g1": 2, "g2": 8}  # rounded, at least 1
+    # as StructuredPruning keeps them: the floor of the ratio removed, rounded up to round_to
+    assert uniform_keep(sizes["b"], 0.75) == {"g1": 3, "g2": 8}
+    assert uniform_keep(sizes["b"], 0.75, round_to=8) == {"g1": 8, "g2": 8}
+    assert uniform_keep({"g": 4}, 0.99, round_to=8) == {"g": 1}  # narrower than round_to
     with pytest.raises(PipelineError, match="was not timed"):
         tables["a"].predict({"g": 13})
 

@@ -43,12 +43,14 @@ def planned_model(facts: Any, plan: Any) -> nn.Module:
 
 
 def uniform_model(facts: Any, ratio: float) -> nn.Module:
-    """The stage's model with ``ratio`` of every group's channels removed (a copy)."""
+    """The stage's model with ``ratio`` of every group's channels removed, kept counts rounded
+    up to the stage's ``round_to`` as its plans' are (a copy)."""
     import prunekit as pk
 
     model = copy.deepcopy(facts.model)
     if ratio > 0:
-        pk.prune_(model, facts.example, pk.StructuredPruning(ratio=ratio))
+        pk.prune_(model, facts.example,
+                  pk.StructuredPruning(ratio=ratio, round_to=facts.round_to))  # fmt: skip
     return model
 
 
@@ -57,7 +59,8 @@ def uniform_table_keep(facts: Any, ratio: float) -> dict[str, int]:
     the table knows."""
     from prunekit.planning.pipeline import uniform_keep
 
-    return {k: v for k, v in uniform_keep(facts.sizes, ratio).items() if k in facts.lut.groups}
+    kept = uniform_keep(facts.sizes, ratio, facts.round_to)
+    return {k: v for k, v in kept.items() if k in facts.lut.groups}
 
 
 def measure_options(

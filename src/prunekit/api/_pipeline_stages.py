@@ -33,6 +33,7 @@ class StageFacts:
     held: torch.Tensor
     items: list[Any] | None
     held_from: str
+    round_to: int = 1  # the plan's channel multiple; the uniform baseline rounds alike
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -110,7 +111,7 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
     from prunekit.graph import trace_channels
     from prunekit.measure.latency import TimingPolicy
     from prunekit.planning.lut import LatencyTable, profile_latency
-    from prunekit.planning.pipeline import stage_frontier
+    from prunekit.planning.pipeline import MACS_LADDER, stage_frontier
 
     name = stage["name"]
     device, threads = spec.get("device", "cpu"), spec.get("threads")
@@ -162,11 +163,15 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
             lut.save(cached)
     timings["tables_s"] += time.perf_counter() - clock
     clock = time.perf_counter()
+    round_to = int((stage.get("plan") or {}).get("round_to", 1))
+    # options about to be timed whole: channel cuts by MACs too, and no table-made ranking
+    timed = spec.get("frontier", "predicted") == "measured"
     frontier = stage_frontier(name, model, example, sens, lut, graph=graph,
                               weight=float(stage.get("weight", 1.0)), log=say,
-                              round_to=int((stage.get("plan") or {}).get("round_to", 1)),
-                              blocks=blocks)  # fmt: skip
+                              round_to=round_to, blocks=blocks,
+                              macs_ladder=MACS_LADDER if timed else (),
+                              keep_dominated=timed)  # fmt: skip
     timings["frontiers_s"] += time.perf_counter() - clock
     sizes = {key: g.size for key, g in sens.groups.items()}
     return frontier, StageFacts(loaded=loaded, model=model, example=example, sens=sens, lut=lut,
-                                sizes=sizes, metric=metric, **inputs)  # fmt: skip
+                                sizes=sizes, metric=metric, round_to=round_to, **inputs)  # fmt: skip

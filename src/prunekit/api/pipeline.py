@@ -129,7 +129,7 @@ class _Run:
         clock = time.perf_counter()
         plan = allocate(stages, budget_pred)
         ratio, _, uniform_meets = uniform_ratio(
-            {n: (f.sizes, self.tables[n]) for n, f in self.facts.items()}, budget_pred,
+            {n: (f.sizes, self.tables[n], f.round_to) for n, f in self.facts.items()}, budget_pred,
             ratios=self.ratios)  # fmt: skip
         # planning proper: frontiers + allocation + uniform ratio (sensitivity, tables apart)
         planning_s = self.timings["frontiers_s"] + time.perf_counter() - clock
@@ -221,7 +221,8 @@ class _Run:
                                              self.uniform_ms(n, ratio) * scale)
                        for n in self.facts}  # fmt: skip
                 ratio, _, uniform_meets = uniform_ratio(
-                    {n: (f.sizes, CorrectedTable(self.tables[n], dense_stage[n], eff[n], scale))
+                    {n: (f.sizes, CorrectedTable(self.tables[n], dense_stage[n], eff[n], scale),
+                         f.round_to)
                      for n, f in self.facts.items()}, budget_ms, ratios=self.ratios)  # fmt: skip
                 step["uniform_efficiency"], step["uniform_ratio"] = eff, ratio
                 self.models["uniform"] = self.uniform_models(ratio)
@@ -288,7 +289,7 @@ class _Run:
                 )
                 keep = ({} if variant == "dense" or (variant == "planned" and point.plan is None)
                         else point.plan.keep if variant == "planned"
-                        else uniform_keep(f.sizes, ratio))  # fmt: skip
+                        else uniform_keep(f.sizes, ratio, f.round_to))  # fmt: skip
                 predicted_ms = {"dense": stage.dense_ms, "planned": self.option_ms(stage, point),
                                 "uniform": self.uniform_ms(stage.name, ratio)}[variant]  # fmt: skip
                 loss += stage.weight * lost

@@ -39,6 +39,8 @@ from prunekit.errors import PrunekitError
 # latency targets per stage, as fractions of its dense predicted latency
 LADDER = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
           0.15, 0.1)  # fmt: skip
+# with options timed whole: plans at these fractions of the MACs join the latency ladder's
+MACS_LADDER = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 # the uniform ratios timed when the options are measured (``MeasuredTable``)
 UNIFORM_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -107,12 +109,17 @@ def stage_frontier(
     *,
     weight: float = 1.0,
     ladder: Sequence[float] = LADDER,
+    macs_ladder: Sequence[float] = (),
+    keep_dominated: bool = False,
     graph: Any = None,
     log: Log = lambda _: None,
     **plan_options: Any,
 ) -> Stage:
     """The stage's trade-off curve from its sensitivity and latency table (module docstring).
-    ``plan_options`` go to ``make_plan`` (``round_to``, ``protect``, ``blocks``, ...)."""
+    ``plan_options`` go to ``make_plan`` (``round_to``, ``protect``, ``blocks``, ...).
+    ``macs_ladder``: also the plans keeping these fractions of the MACs (channel cuts the
+    table may misjudge); ``keep_dominated``: every plan made, not only the Pareto set (for
+    options about to be timed whole, where the table's ranking is not trusted)."""
     from prunekit.graph import trace_channels
     from prunekit.planning.planner import PlanError, Target, make_plan
 
@@ -134,9 +141,18 @@ def stage_frontier(
                 break  # the ladder descends: a lower target cannot be met either
             points.append(StagePoint(float(plan.achieved["latency_ms"]),
                                      float(plan.predicted_drop), fraction, plan))  # fmt: skip
+        for fraction in macs_ladder:
+            try:
+                plan = make_plan(model, example, graph, sensitivity, Target("macs", fraction),
+                                 lut=lut, reuse=reuse, **plan_options)  # fmt: skip
+            except PlanError:
+                break
+            ms = float(plan.achieved["latency_ms"])
+            points.append(StagePoint(ms, float(plan.predicted_drop), ms / dense_ms, plan))
     finally:
         model.train(was)
-    stage = Stage(name, weight, dense_ms, pareto(points))
+    kept = sorted(points, key=lambda p: (p.ms, p.loss)) if keep_dominated else pareto(points)
+    stage = Stage(name, weight, dense_ms, kept)
     log(f"{name}: {len(stage.points)} options, {stage.fastest.ms:.3g} to {dense_ms:.3g} ms "
         "predicted")  # fmt: skip
     return stage
@@ -178,7 +194,7 @@ def allocate(stages: Sequence[Stage], budget_ms: float) -> Allocation:
 
 
 def uniform_ratio(
-    stages: Mapping[str, tuple[Any, Any]],
+    stages: Mapping[str, tuple[Any, ...]],
     budget_ms: float,
     *,
     tolerance: float = 1e-3,
@@ -189,14 +205,15 @@ def uniform_ratio(
     predicted latency meets ``budget_ms`` (the least such ratio), each stage's predicted ms at
     it, and whether it meets the budget: where no ratio up to ``most`` does (small models
     whose time is per-layer overhead), the ratio predicted fastest is returned with False.
-    ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency table).
+    ``stages``: name -> (the stage's group sizes ``{key: channels}``, its latency table[, the
+    multiple its kept channels are rounded up to]).
     ``ratios``: only these are candidates (tables that know only them: ``MeasuredTable``)."""
 
     def predicted(ratio: float) -> dict[str, float]:
         out = {}
-        for name, (sizes, lut) in stages.items():
-            kept = {k: max(1, round(n * (1 - ratio))) for k, n in sizes.items() if k in lut.groups}
-            out[name] = float(lut.predict(kept))
+        for name, (sizes, lut, *rounding) in stages.items():
+            kept = uniform_keep(sizes, ratio, *rounding)
+            out[name] = float(lut.predict({k: v for k, v in kept.items() if k in lut.groups}))
         return out
 
     def total(ratio: float) -> float:
@@ -259,9 +276,12 @@ class CorrectedTable:
         return self.dense_measured - self.efficiency * saving * self.scale
 
 
-def uniform_keep(sizes: Mapping[str, int], ratio: float) -> dict[str, int]:
-    """The channels each group keeps at one uniform ``ratio`` removed."""
-    return {k: max(1, round(n * (1 - ratio))) for k, n in sizes.items()}
+def uniform_keep(sizes: Mapping[str, int], ratio: float, round_to: int = 1) -> dict[str, int]:
+    """The channels each group keeps with one uniform ``ratio`` removed, as
+    ``StructuredPruning(ratio=ratio, round_to=round_to)`` keeps them."""
+    from prunekit.pruning.select import keep_count
+
+    return {k: keep_count(n, ratio, round_to) for k, n in sizes.items()}
 
 
 def keep_key(keep: Mapping[str, int], dropped: Sequence[str] = ()) -> str:
