@@ -10,7 +10,7 @@ budget, both pruned, and all three pipelines -- dense, planned, uniform -- timed
 stage after stage, with each stage's metric against the dense stage on held-out inputs.
 
 ``frontier: measured`` times every option of every stage (each frontier point, and the
-uniform baseline's ratios 0.1 to 0.9) as a whole pruned model before allocating, instead of
+uniform baseline's ratios 0.05 to 0.9) as a whole pruned model before allocating, instead of
 trusting the tables' sums (``api._pipeline_frontier``); the loss stays predicted.
 
 ``cache: DIR`` keeps each stage's sensitivity (resumable, refused when the model, metric
