@@ -83,6 +83,9 @@ class _Run:
         self.timings = {"sensitivity_s": 0.0, "tables_s": 0.0, "frontiers_s": 0.0}
         self.facts: dict[str, StageFacts] = {}
         self.models: dict[str, dict[str, torch.nn.Module]] = {}
+        self.tables: dict[str, Any] = {}  # per stage: its latency table or its timed options
+        self.ratios: Any = None  # the uniform ratios to choose from (None: any)
+        self.base_ms: dict[tuple[str, int], float] = {}  # each option before any correction
 
     def measure(self, variants: dict[str, dict[str, torch.nn.Module]],
                 rounds: int | None = None) -> dict[str, Any]:  # fmt: skip
@@ -106,8 +109,7 @@ class _Run:
             stages.append(frontier)
         dense = {n: f.model for n, f in self.facts.items()}
         dense_total = self.measure({"dense": dense}, rounds=3)["dense"]["total_ms"]
-        self.tables: dict[str, Any] = {n: f.lut for n, f in self.facts.items()}
-        self.ratios: Any = None  # any ratio (a table predicts every width)
+        self.tables = {n: f.lut for n, f in self.facts.items()}
         options = None
         if self.spec.get("frontier", "predicted") == "measured":
             from prunekit.api._pipeline_frontier import measure_options

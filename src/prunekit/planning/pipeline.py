@@ -59,7 +59,7 @@ class StagePoint:
 
     ms: float
     loss: float
-    fraction: float  # the latency target as a fraction of the dense predicted latency
+    fraction: float  # the target: of the dense predicted latency (of the MACs: macs_ladder)
     plan: Any = None
 
 
@@ -148,8 +148,8 @@ def stage_frontier(
                                  lut=lut, reuse=reuse, **plan_options)  # fmt: skip
             except PlanError:
                 break
-            ms = float(plan.achieved["latency_ms"])
-            points.append(StagePoint(ms, float(plan.predicted_drop), ms / dense_ms, plan))
+            points.append(StagePoint(float(plan.achieved["latency_ms"]),
+                                     float(plan.predicted_drop), fraction, plan))  # fmt: skip
     finally:
         model.train(was)
     kept = sorted(points, key=lambda p: (p.ms, p.loss)) if keep_dominated else pareto(points)
