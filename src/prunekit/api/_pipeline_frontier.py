@@ -59,8 +59,7 @@ def uniform_table_keep(facts: Any, ratio: float) -> dict[str, int]:
     the table knows."""
     from prunekit.planning.pipeline import uniform_keep
 
-    kept = uniform_keep(facts.sizes, ratio, facts.round_to)
-    return {k: v for k, v in kept.items() if k in facts.lut.groups}
+    return uniform_keep(facts.sizes, ratio, facts.round_to, groups=facts.lut.groups)
 
 
 def measure_options(

@@ -213,8 +213,8 @@ def uniform_ratio(
     def predicted(ratio: float) -> dict[str, float]:
         out = {}
         for name, (sizes, lut, *rounding) in stages.items():
-            kept = uniform_keep(sizes, ratio, *rounding)
-            out[name] = float(lut.predict({k: v for k, v in kept.items() if k in lut.groups}))
+            kept = uniform_keep(sizes, ratio, rounding[0] if rounding else 1, groups=lut.groups)
+            out[name] = float(lut.predict(kept))
         return out
 
     def total(ratio: float) -> float:
@@ -277,12 +277,15 @@ class CorrectedTable:
         return self.dense_measured - self.efficiency * saving * self.scale
 
 
-def uniform_keep(sizes: Mapping[str, int], ratio: float, round_to: int = 1) -> dict[str, int]:
+def uniform_keep(sizes: Mapping[str, int], ratio: float, round_to: int = 1,
+                 groups: Any = None) -> dict[str, int]:  # fmt: skip
     """The channels each group keeps with one uniform ``ratio`` removed, as
-    ``StructuredPruning(ratio=ratio, round_to=round_to)`` keeps them."""
+    ``StructuredPruning(ratio=ratio, round_to=round_to)`` keeps them; only the ``groups`` a
+    latency table knows, when given."""
     from prunekit.pruning.select import keep_count
 
-    return {k: keep_count(n, ratio, round_to) for k, n in sizes.items()}
+    return {k: keep_count(n, ratio, round_to) for k, n in sizes.items()
+            if groups is None or k in groups}  # fmt: skip
 
 
 def keep_key(keep: Mapping[str, int], dropped: Sequence[str] = ()) -> str:
