@@ -170,3 +170,38 @@ def test_kill_at_a_random_moment_then_rerun(work: Path, command: str, sig: int, 
     rerun = _run(work, [*COMMANDS[command], *force])
     assert rerun.returncode == 0, rerun.stderr
     _check_output(work, command)
+
+
+# A SIGTERM whose handler runs inside a weakref callback (importlib's module locks have one, so
+# it happens when the signal lands during an import) raises where Python can only print
+# "Exception ignored". The run must still end as terminated, without a traceback.
+SIGNAL_IN_CALLBACK = """
+import signal, sys, time, weakref
+from prunekit.cli.main import Terminated, _sigterm_as_interrupt
+
+class Thing:
+    pass
+
+def callback(ref):
+    signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the callback
+    for _ in range(1000):  # bytecodes for the handler to run on
+        pass
+
+with _sigterm_as_interrupt():
+    try:
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing
+        time.sleep(10)
+    except Terminated:
+        print("terminated")
+        sys.exit(143)
+print("ran on")
+"""
+
+
+def test_a_sigterm_inside_a_weakref_callback_is_not_lost(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", SIGNAL_IN_CALLBACK], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 143 and result.stdout.strip() == "terminated", result
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result

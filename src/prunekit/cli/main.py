@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -82,10 +83,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
         raise Terminated
 
+    def redeliver(unraisable: Any) -> None:
+        # Python runs a signal handler wherever the main thread is; inside a weakref callback
+        # (importlib's module locks have one) or a __del__ the exception cannot propagate and
+        # is only printed as "Exception ignored". The signal would be lost: send it again, to
+        # be raised once that callback has returned.
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous_hook(unraisable)
+            return
+        signal.signal(signal.SIGTERM, handler)
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
 
 
