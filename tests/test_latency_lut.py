@@ -305,6 +305,7 @@ def test_cli_refuses_bad_input(cli, user_module, tmp_path: Path) -> None:  # typ
         (("--fractions", "1,half"), "cannot parse --fractions"),
         (("--batch-size", "0"), "--batch-size"),
         (("--max-time", "0"), "--max-time"),
+        (("--no-spinning",), "--no-spinning is an ONNX Runtime setting"),
     ]
     for extra, message in bad_runs:
         result = cli(*_profile_args(user_module, out, *extra))

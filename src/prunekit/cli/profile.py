@@ -120,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputSpecError(f"--batch-size must be a positive integer, got {args.batch_size}")
     check_threads(args.threads)
+    if not args.spinning and args.backend != "onnxruntime":
+        raise InputSpecError(
+            f"--no-spinning is an ONNX Runtime setting; --backend {args.backend} has no spinning "
+            "threads to turn off (drop the flag, or use --backend onnxruntime)"
+        )
     if args.fractions is not None:
         fractions = _parse_fractions(args.fractions)
     else:
