@@ -45,8 +45,9 @@ SHOWN = {"map": "mAP@0.5", "miou": "mIoU", "absrel": "AbsRel"}
 def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
     return {
         "budget_fraction": args.budget,
-        "device": "cpu",
+        "device": args.device,
         "backend": args.backend,
+        "dtype": args.dtype,
         "threads": args.threads,
         "batch_size": 1,
         "rounds": args.rounds,
@@ -67,12 +68,19 @@ def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def variant_suffix(args: argparse.Namespace) -> str:
+    """Where (device, backend, precision) the tables and times were made, for file names."""
+    return (("" if args.device == "cpu" else f"-{args.device}")
+            + ("" if args.backend == "eager" else f"-{args.backend}")
+            + ("" if args.dtype == "float32" else f"-{args.dtype}"))  # fmt: skip
+
+
 def cache_dir(args: argparse.Namespace) -> Path:
     """Latency tables per backend; the sensitivities (backend-free) are shared: copied from
     the eager cache when that has them."""
-    if args.backend == "eager":
+    if args.backend == "eager" and args.device == "cpu" and args.dtype == "float32":
         return args.out / "cache"
-    cache = args.out / f"cache-{args.backend}"
+    cache = args.out / f"cache{variant_suffix(args)}"
     cache.mkdir(parents=True, exist_ok=True)
     for found in (args.out / "cache").glob("*.sensitivity.json"):
         if not (cache / found.name).exists():
@@ -162,8 +170,20 @@ def main() -> None:
                              "many epochs of distillation on fit scenes (0: none)")  # fmt: skip
     parser.add_argument("--recover-samples", type=int, default=600,
                         help="fit scenes the recovery trains on (600, 10%% of them validate)")  # fmt: skip
-    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "compile"),
-                        help="where the tables are profiled and the pipelines timed (eager)")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        default="eager",
+        choices=("eager", "onnxruntime", "compile", "tensorrt"),
+        help="where the tables are profiled and the pipelines timed (eager)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cuda: tables and pipelines timed with CUDA events on the GPU",
+    )
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="the precision the stages are timed in (metrics stay float32)")  # fmt: skip
     parser.add_argument("--frontier", default="predicted", choices=("predicted", "measured"),
                         help="measured: time every option of every stage whole before allocating "
                              "(cached beside the tables)")  # fmt: skip
@@ -182,7 +202,7 @@ def main() -> None:
     spec = pipeline_spec(args, size)
     started = time.perf_counter()
     suffix = (
-        ("" if args.backend == "eager" else f"-{args.backend}")
+        variant_suffix(args)
         + (f"-round{args.round_to}" if args.round_to > 1 else "")
         + (f"-recovered{args.recover_epochs}" if args.recover_epochs else "")
         + ("-measured" if args.frontier == "measured" else "")
@@ -191,7 +211,12 @@ def main() -> None:
     record = run_pipeline(spec, run_dir, force=True,
                           log=lambda m: print(f"[{time.perf_counter() - started:6.0f}s] {m}",
                                               flush=True))  # fmt: skip
-    print(f"\nperception pipeline at {size}px, {args.backend} CPU, {args.threads} threads, batch 1; "
+    where = (
+        f"{args.backend} CPU, {args.threads} threads"
+        if args.device == "cpu"
+        else f"{args.backend} on {torch.cuda.get_device_name(0)}, {args.dtype}"
+    )
+    print(f"\nperception pipeline at {size}px, {where}, batch 1; "
           f"budget {args.budget:.0%} of the dense pipeline = {record['budget_ms']:.2f} ms/frame; "
           f"metrics on {args.eval} held-out scenes, sensitivity on {args.samples} fit scenes"
           + (f"; every pruned stage recovered {args.recover_epochs} epochs on "

@@ -419,6 +419,33 @@ def test_recovery_distils_planned_and_uniform_stages_on_fit_images(tmp_path: Pat
         assert value == pytest.approx(record[variant]["stages"][0]["metric"], abs=1e-9)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA: tables and pipelines timed on a GPU")
+def test_a_pipeline_profiled_planned_and_timed_on_cuda(tmp_path: Path) -> None:
+    """device: cuda, dtype: float16: the tables are profiled on the GPU in that precision, the
+    pipelines timed there, and the artifacts and metrics come back to the CPU."""
+    import prunekit as pk
+    from prunekit.api.pipeline import run_pipeline
+
+    record = run_pipeline({**_spec(), "device": "cuda", "dtype": "float16"}, tmp_path / "out")
+    assert (record["device"], record["dtype"]) == ("cuda", "float16")
+    for name in ("detect", "depth"):
+        made = json.loads((tmp_path / "out" / name / "lut.json").read_text())["device"]
+        assert (made["type"], made["dtype"]) == ("cuda", "float16")
+    for variant in ("dense", "planned", "uniform"):
+        assert all(s["measured_ms"] > 0 for s in record[variant]["stages"])
+    detect = record["planned"]["stages"][0]
+    loaded = pk.load(str(tmp_path / "out" / detect["artifact"]))
+    assert next(loaded.model.parameters()).device.type == "cpu"
+    assert 0 <= detect["metric"] <= 1
+
+
 def test_a_pipeline_in_bfloat16_times_cast_copies() -> None:
     """dtype: the stages run in that precision while timed; the models (scored afterwards)
     keep their float32 weights."""
