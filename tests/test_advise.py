@@ -184,6 +184,24 @@ def test_blocks_drop_the_later_residual_blocks_and_a_plain_model_gets_a_note(
     assert blocks.model is None and "no residual block" in (blocks.note or "")
 
 
+def test_a_transformer_s_blocks_are_its_encoder_layers(tiny_bert_dir: Path) -> None:
+    """BERT has no x + branch(x) module (the residual additions are inside each layer): the
+    blocks row drops its last encoder layers, and the result computes what the dense model
+    computes up to the last layer kept."""
+    loaded = load_model(str(tiny_bert_dir))
+    example = loaded.input_spec.make(1)
+    variants, _ = build_variants(loaded.model, example)
+    blocks = next(v for v in variants if v.strategy == "blocks")
+    assert blocks.model is not None, blocks.note
+    assert blocks.details == {"dropped": ["encoder.layer.1"], "candidates": 2}
+    assert "dropped the last 1 of 2 encoder layers" in (blocks.note or "")
+    assert blocks.macs_kept is not None and 0.3 < blocks.macs_kept < 0.7
+    with torch.no_grad():
+        dense = loaded.model(*example.args, **example.kwargs, output_hidden_states=True)
+        pruned = blocks.model(*example.args, **example.kwargs)
+    torch.testing.assert_close(pruned.last_hidden_state, dense.hidden_states[1])
+
+
 # --- the advice, on preset timings --------------------------------------------------------------
 
 

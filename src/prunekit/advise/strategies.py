@@ -15,9 +15,9 @@ why. Never an exception for "not available": the table then shows the row with `
   capability 8.0 or newer only; timed against the dense model in float16.
 * ``channels``: ``prunekit prune --ratio R``'s exact path (``pk.prune_`` with
   ``StructuredPruning(ratio=R)``): the model physically shrinks.
-* ``blocks``: residual blocks dropped whole (``pruning.blocks``), the later ones of the network
-  (no data-free importance of blocks exists; ``prunekit plan`` chooses them from measured
-  sensitivity instead).
+* ``blocks``: residual blocks dropped whole (``pruning.blocks``; a transformer's encoder
+  layers), the later ones of the network (no data-free importance of blocks exists;
+  ``prunekit plan`` chooses them from measured sensitivity instead).
 """
 
 from __future__ import annotations
@@ -344,8 +344,10 @@ def block_variant(model: nn.Module, example: ExampleInputs, dense_macs: Any,
 
     candidates = droppable_blocks(model)
     if not candidates:
-        return Variant("blocks", fraction, "dense", None,
-                       "no residual block (a module computing x + branch(x)) to drop")  # fmt: skip
+        layers = encoder_layer_variant(model, example, dense_macs, fraction, count_macs)
+        return layers or Variant("blocks", fraction, "dense", None,
+                                 "no residual block (a module computing x + branch(x)) and no "
+                                 "list of transformer encoder layers to drop")  # fmt: skip
     k = max(1, round(fraction * len(candidates)))
     chosen = candidates[-k:]
     pruned = copy.deepcopy(model)
@@ -361,6 +363,36 @@ def block_variant(model: nn.Module, example: ExampleInputs, dense_macs: Any,
     return Variant("blocks", fraction, "dense", pruned, note,
                    macs / dense_macs.total if dense_macs.total else None,
                    details={"dropped": chosen, "candidates": len(candidates)})  # fmt: skip
+
+
+def encoder_layer_variant(model: nn.Module, example: ExampleInputs, dense_macs: Any,
+                          fraction: float,
+                          count_macs: Callable[..., Any] | None = None) -> Variant | None:  # fmt: skip
+    """A transformer's blocks are its encoder layers (their residual additions sit inside
+    each layer, where ``find_residual_blocks`` finds no ``x + branch(x)`` module): the last
+    ``fraction`` of them dropped (at least one, never all), as ``prune HF_DIR --layers N`` drops
+    layers (there by importance; here the last ones, like the residual blocks).
+    None when the model has no list of encoder layers."""
+    from prunekit.criteria.layer_importance import drop_layers, encoder_layers
+    from prunekit.errors import PrunekitError
+    from prunekit.measure.macs import count_macs as default_count
+
+    try:
+        name, layers = encoder_layers(model)
+    except PrunekitError:
+        return None
+    count = len(layers)
+    if count < 2:
+        return Variant("blocks", fraction, "dense", None,
+                       f"one encoder layer ({name}): none can be dropped")  # fmt: skip
+    k = min(count - 1, max(1, round(fraction * count)))
+    pruned = drop_layers(copy.deepcopy(model), list(range(count - k, count)))
+    macs = (count_macs or default_count)(pruned, example).total
+    note = f"dropped the last {k} of {count} encoder layers ({name})"
+    return Variant("blocks", fraction, "dense", pruned, note,
+                   macs / dense_macs.total if dense_macs.total else None,
+                   details={"dropped": [f"{name}.{i}" for i in range(count - k, count)],
+                            "candidates": count})  # fmt: skip
 
 
 def build_variants(model: nn.Module, example: ExampleInputs, *,

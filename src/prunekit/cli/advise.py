@@ -25,8 +25,8 @@ def register(sub: Any) -> None:
         description="Build a pruned copy of the model per kind of pruning -- unstructured "
         "50/75/90%% on dense kernels and on CSR sparse kernels (Linear layers), 2:4 on sparse "
         "tensor cores (CUDA, compute capability >= 8.0), 25/50%% of every channel group "
-        "removed (as `prunekit prune --ratio`), 25%% of the residual blocks dropped -- time "
-        "each interleaved with the dense model, print the measured speedups and a one-sentence "
+        "removed (as `prunekit prune --ratio`), 25%% of the residual blocks (a transformer's "
+        "encoder layers) dropped -- time each interleaved with the dense model, print the measured speedups and a one-sentence "
         "recommendation. A kind that cannot run here gets a row without a time and a note "
         "saying why.",
     )
