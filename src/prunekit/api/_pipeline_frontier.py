@@ -127,8 +127,17 @@ def _settings(spec: dict[str, Any], name: str, facts: Any) -> dict[str, Any]:
     """What the cached times depend on: the model's structure and where it was timed."""
     return {"model": next(s["model"] for s in spec["stages"] if s["name"] == name),
             "groups": facts.sizes, "inputs": [list(t.shape) for t in facts.example.tensors()],
-            **{k: spec.get(k) for k in ("device", "backend", "dtype", "threads", "batch_size")},
-            "policy": dataclasses.asdict(OPTION_POLICY), "rounds": OPTION_ROUNDS}  # fmt: skip
+            **_where(spec), "policy": dataclasses.asdict(OPTION_POLICY), "rounds": OPTION_ROUNDS}  # fmt: skip
+
+
+# where the options were timed, a key the file leaves out meaning its default: a file that
+# spells out a default and one that leaves it out time the same pipeline
+WHERE_DEFAULTS = {"device": "cpu", "backend": "eager", "dtype": "float32", "threads": None,
+                  "batch_size": 1}  # fmt: skip
+
+
+def _where(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: default if spec.get(k) is None else spec[k] for k, default in WHERE_DEFAULTS.items()}
 
 
 def _load(path: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +147,9 @@ def _load(path: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
             known = json.loads(path.read_text())
         except (OSError, ValueError):
             known = None
-        if isinstance(known, dict) and known.get("settings") == json.loads(json.dumps(settings)):
+        stored = known.get("settings") if isinstance(known, dict) else None
+        if isinstance(stored, dict) and {**stored, **_where(stored)} == json.loads(
+            json.dumps(settings)
+        ):
             return known
     return {"settings": settings, "ms": {}}
