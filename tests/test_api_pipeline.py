@@ -148,6 +148,7 @@ def test_a_two_stage_pipeline(tmp_path: Path) -> None:
             assert {"name", "measured_ms", "predicted_ms", "metric", "metric_dense",
                     "macs_kept", "artifact"} <= set(s)  # fmt: skip
     assert record["dense"]["weighted_loss"] == 0.0
+    assert record["budget_ms"] == pytest.approx(0.8 * record["dense_ms_at_planning"])
     # the plan fits the budget in prediction: in the tables' scale (converted to measured ms)
     # when no measurement corrected it, else in the corrected tables' (unless a busy machine
     # made the correction declare the budget out of reach)

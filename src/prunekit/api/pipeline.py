@@ -146,7 +146,8 @@ class _Run:
         )
         recovered = self.recover()
         record: dict[str, Any] = {
-            "budget_ms": budget_ms, "budget_predicted_ms": budget_pred, "device": self.device,
+            "budget_ms": budget_ms, "budget_predicted_ms": budget_pred,
+            "dense_ms_at_planning": dense_total, "device": self.device,
             "backend": self.backend, "dtype": self.dtype,
             "batch_size": int(self.spec.get("batch_size", 1)), "threads": self.threads,
             "frontier": self.spec.get("frontier", "predicted"), "options_timed": options,
