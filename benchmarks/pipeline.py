@@ -55,6 +55,7 @@ def pipeline_spec(args: argparse.Namespace, size: int) -> dict[str, Any]:
         "metric_samples": args.eval,
         "cache": str(cache_dir(args)),
         "frontier": args.frontier,
+        "losses": args.losses,
         "stages": [
             {"name": name, "model": str(args.models / folder), "input_shape": f"1,3,{size},{size}",
              "data": f"scenes:{args.fit},{args.eval}", "metric": metric, "weight": 1.0,
@@ -122,12 +123,18 @@ def check_bar(record: dict[str, Any]) -> list[tuple[str, bool]]:
          f"{dense['total_ms_measured']:.2f} ms = {planned['total_ms_measured'] / dense['total_ms_measured']:.1%}"
          f" (the budget: {record['budget_ms'] / record['dense_ms_at_planning']:.0%} of the dense "
          f"pipeline, {record['dense_ms_at_planning']:.2f} ms while planning)", True),
+        (f"planned loss as planned {planned['weighted_loss_predicted']:.4f} ("
+         + ("each option measured whole on fit scenes" if record.get("losses") == "measured"
+            else "the sensitivity's sum") + f"), on held-out scenes {planned['weighted_loss']:.4f}",
+         True),
         (f"planned weighted loss {planned['weighted_loss']:.4f} <= half the uniform's "
          f"{uniform['weighted_loss']:.4f} (ratio {ratio:.2f})", ratio <= 0.5),
         (f"planning {record['planning_s']:.1f} s < 30 s (sensitivity {record['timings']['sensitivity_s']:.0f} s"
          f", tables {record['timings']['tables_s']:.0f} s"
-         + (f" and whole-model option timing {record['timings']['options_s']:.0f} s"
-            if "options_s" in record["timings"] else "") + " apart, cached in cache/)",
+         + (f", whole-model option timing {record['timings']['options_s']:.0f} s"
+            if "options_s" in record["timings"] else "")
+         + (f", option losses on fit scenes {record['timings']['losses_s']:.0f} s"
+            if "losses_s" in record["timings"] else "") + " apart, cached in cache/)",
          record["planning_s"] < 30),
     ]  # fmt: skip
 
@@ -266,6 +273,9 @@ def main() -> None:
     parser.add_argument("--frontier", default="predicted", choices=("predicted", "measured"),
                         help="measured: time every option of every stage whole before allocating "
                              "(cached beside the tables)")  # fmt: skip
+    parser.add_argument("--losses", default="predicted", choices=("predicted", "measured"),
+                        help="measured: each option's loss measured whole on fit scenes "
+                             "before allocating (cached beside the tables)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--fit", type=int, default=2000, help="fit scenes (sensitivity)")
     parser.add_argument("--eval", type=int, default=300, help="held-out scenes (metrics)")
@@ -292,6 +302,7 @@ def main() -> None:
         + (f"-round{args.round_to}" if args.round_to > 1 else "")
         + (f"-recovered{args.recover_epochs}" if args.recover_epochs else "")
         + ("-measured" if args.frontier == "measured" else "")
+        + ("-losses" if args.losses == "measured" else "")
     )
     run_dir = args.out / f"run{suffix}"
     record = run_pipeline(spec, run_dir, force=True,

@@ -74,6 +74,7 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"replan": -1}, "replan must be an integer >= 0, got -1"),
         ({"rounds": 0}, "rounds must be an integer >= 1"),
         ({"threads": "2"}, "threads must be an integer >= 1, got '2'"),
+        ({"losses": "guessed"}, "losses 'guessed' is not one of predicted, measured"),
     ],
 )
 def test_the_pipeline_file_is_checked_key_by_key(change: dict[str, Any], message: str) -> None:
@@ -227,6 +228,43 @@ def test_measured_frontiers_plan_on_whole_model_times(tmp_path: Path) -> None:
         assert min(abs(row["predicted_ms"] / scale - ms)
                    for ms in (10.0, *tables[row["name"]].values())) < 1e-9  # fmt: skip
     assert record["planned"]["total_ms_predicted"] <= 12.0 * scale * 1.0001
+
+
+@pytest.mark.slow
+def test_measured_losses_plan_on_each_option_s_drop_on_fit_items(tmp_path: Path) -> None:
+    """losses: measured: every option is pruned whole and its drop measured with the
+    sensitivity's metric on the same fit inputs; the plan's loss is that drop (recomputed here
+    from the written artifacts), cached per stage, and a second run measures nothing."""
+    import prunekit as pk
+    from prunekit.api._pipeline_stages import stage_inputs
+    from prunekit.api.pipeline import run_pipeline
+    from prunekit.api.planning import sensitivity_batches
+    from prunekit.planning.sensitivity import OutputDivergence
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, path in _linear_tables(tmp_path).items():
+        Path(path).rename(cache / f"{name}.lut.json")
+    spec = {**_spec(), "cache": str(cache), "losses": "measured", "replan": 0}
+    record = run_pipeline(spec, tmp_path / "out")
+    assert record["losses"] == "measured" and "losses_s" in record["timings"]
+    expected = 0.0
+    for stage, row in zip(spec["stages"], record["planned"]["stages"], strict=True):
+        counted = record["losses_measured"][stage["name"]]
+        assert counted["measured_now"] == counted["options"] > 0
+        assert (cache / f"{stage['name']}.losses.json").is_file()
+        dense = pk.load(stage["model"], input_shapes=[(1, 1, 8, 8)],
+                        model_kwargs=stage["model_kwargs"])  # fmt: skip
+        example = dense.input_spec.make(1)
+        data = stage_inputs(stage, dense, 4)["data"]
+        drop = OutputDivergence(dense.model, sensitivity_batches(example, data, 8))
+        planned = pk.load(str(tmp_path / "out" / row["artifact"])).model
+        expected += stage.get("weight", 1.0) * drop(planned)
+    assert record["planned"]["weighted_loss_predicted"] == pytest.approx(expected, rel=1e-4)
+    again = run_pipeline(spec, tmp_path / "again")
+    assert all(c["measured_now"] == 0 for c in again["losses_measured"].values())
+    assert again["planned"]["weighted_loss_predicted"] == pytest.approx(
+        record["planned"]["weighted_loss_predicted"])  # fmt: skip
 
 
 def _perception_stage(name: str, factory: str, metric: str, weight: float) -> dict[str, Any]:

@@ -15,7 +15,8 @@ PIPELINE_BACKENDS = ("eager", "onnxruntime", "compile", "tensorrt")
 # the precision the stages are timed in (tables and pipelines); metrics stay in float32
 PIPELINE_DTYPES = ("float32", "float16", "bfloat16")
 TOP_KEYS = {"budget_ms", "budget_fraction", "device", "backend", "dtype", "recover", "batch_size", "threads",
-            "rounds", "stages", "metric_samples", "lut_timing", "cache", "replan", "frontier"}  # fmt: skip
+            "rounds", "stages", "metric_samples", "lut_timing", "cache", "replan", "frontier",
+            "losses"}  # fmt: skip
 STAGE_KEYS = {"name", "model", "input_shape", "model_kwargs", "trust_code", "data", "metric",
               "weight", "lut", "sensitivity", "plan", "recover"}  # fmt: skip
 METRICS = ("agreement", "map", "miou", "absrel")
@@ -68,6 +69,9 @@ def parse_pipeline(data: Any, where: str = "pipeline") -> dict[str, Any]:
                                 f"prunekit pipeline; use one of {', '.join(PIPELINE_BACKENDS)}")  # fmt: skip
     if data.get("frontier", "predicted") not in FRONTIERS:
         raise PipelineSpecError(f"{where}: frontier {data['frontier']!r} is not one of "
+                                f"{', '.join(FRONTIERS)}")  # fmt: skip
+    if data.get("losses", "predicted") not in FRONTIERS:
+        raise PipelineSpecError(f"{where}: losses {data['losses']!r} is not one of "
                                 f"{', '.join(FRONTIERS)}")  # fmt: skip
     for key in ("replan", "rounds", "metric_samples", "batch_size", "threads"):
         value = data.get(key)

@@ -34,6 +34,8 @@ class StageFacts:
     items: list[Any] | None
     held_from: str
     round_to: int = 1  # the plan's channel multiple; the uniform baseline rounds alike
+    # model -> drop on fit items, as the sensitivity measured it (losses: measured)
+    fit_drop: Any = None
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -173,5 +175,14 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
                               keep_dominated=timed)  # fmt: skip
     timings["frontiers_s"] += time.perf_counter() - clock
     sizes = {key: g.size for key, g in sens.groups.items()}
+    fit_drop: Any = drop
+    if fit_drop is None and spec.get("losses", "predicted") == "measured":
+        from prunekit.api.planning import sensitivity_batches
+        from prunekit.planning.sensitivity import OutputDivergence
+
+        # the sensitivity's default metric, on the same fit (or seeded random) inputs
+        batches = sensitivity_batches(example, inputs["data"], config.samples)
+        fit_drop = OutputDivergence(model, batches)
     return frontier, StageFacts(loaded=loaded, model=model, example=example, sens=sens, lut=lut,
-                                sizes=sizes, metric=metric, round_to=round_to, **inputs)  # fmt: skip
+                                sizes=sizes, metric=metric, round_to=round_to,
+                                fit_drop=fit_drop, **inputs)  # fmt: skip

@@ -110,6 +110,13 @@ class _Run:
         dense = {n: f.model for n, f in self.facts.items()}
         dense_total = self.measure({"dense": dense}, rounds=3)["dense"]["total_ms"]
         self.tables = {n: f.lut for n, f in self.facts.items()}
+        losses = None
+        if self.spec.get("losses", "predicted") == "measured":
+            from prunekit.api._pipeline_losses import measure_losses
+
+            clock = time.perf_counter()
+            stages, losses = measure_losses(stages, self.facts, self.spec, self.cache, self.say)
+            self.timings["losses_s"] = time.perf_counter() - clock
         options = None
         if self.spec.get("frontier", "predicted") == "measured":
             from prunekit.api._pipeline_frontier import measure_options
@@ -151,6 +158,7 @@ class _Run:
             "backend": self.backend, "dtype": self.dtype,
             "batch_size": int(self.spec.get("batch_size", 1)), "threads": self.threads,
             "frontier": self.spec.get("frontier", "predicted"), "options_timed": options,
+            "losses": self.spec.get("losses", "predicted"), "losses_measured": losses,
             "planning_s": planning_s,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "uniform_ratio": ratio, "uniform_meets_budget_predicted": uniform_meets,

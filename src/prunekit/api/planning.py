@@ -71,23 +71,14 @@ def sensitivity(
     ``cache``: a resumable JSON file. ``metric``: a callable ``model -> drop`` (higher =
     worse, e.g. ``prunekit.evaluate.tasks.TaskDrop``) measured on the fit part; default: the
     output divergence from the dense model on ``config.samples`` fit inputs."""
-    import torch
 
-    from prunekit.api.prune import calibration_inputs
     from prunekit.graph import trace_channels
     from prunekit.inputs import as_example_inputs
     from prunekit.planning.sensitivity import OutputDivergence, analyze_sensitivity
 
     config = config or SensitivityConfig()
     example = as_example_inputs(example)
-    if data is not None:
-        batches = calibration_inputs(data, config.samples, example)
-    else:  # random inputs: a much weaker proxy, said in the file's settings
-        generator = torch.Generator().manual_seed(0)
-        batches = [
-            torch.randn((config.samples, *t.shape[1:]), generator=generator)
-            for t in example.args[:1]
-        ]
+    batches = sensitivity_batches(example, data, config.samples)
     was = model.training
     model.eval()
     try:
@@ -102,6 +93,20 @@ def sensitivity(
                                    log=log or (lambda _: None))  # fmt: skip
     finally:
         model.train(was)
+
+
+def sensitivity_batches(example: Any, data: Any, samples: int) -> list[Any]:
+    """The inputs the default sensitivity metric compares outputs on: ``samples`` fit inputs
+    of ``data``, or seeded random inputs shaped like ``example`` without data."""
+    import torch
+
+    from prunekit.api.prune import calibration_inputs
+
+    if data is not None:
+        return list(calibration_inputs(data, samples, example))
+    # random inputs: a much weaker proxy, said in the sensitivity file's settings
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn((samples, *t.shape[1:]), generator=generator) for t in example.args[:1]]
 
 
 def plan(
