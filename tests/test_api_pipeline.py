@@ -163,7 +163,12 @@ def test_a_two_stage_pipeline(tmp_path: Path) -> None:
         "uniform_ratio" in step for step in record["replans"]
     ):
         assert record["uniform"]["total_ms_predicted"] <= budget
-    assert 0 < record["uniform_ratio"] < 1
+    # chosen in prediction, some pruning; a correction on a busy machine (where the dense
+    # pipeline may measure under the budget set from its first, slower, measurement) may
+    # take it to none
+    corrected = any("uniform_ratio" in step for step in record["replans"])
+    ratio = record["uniform_ratio"]
+    assert ratio < 1 and (ratio >= 0 if corrected else ratio > 0)
     assert "of the eval part of digits" in record["planned"]["stages"][0]["metric_on"]
     for variant in ("planned", "uniform"):
         for s in record[variant]["stages"]:
