@@ -91,7 +91,7 @@ def measure_options(
             )
         settings = _settings(spec, stage.name, f)
         path = cache / f"{stage.name}.options.json" if cache else None
-        known = _load(path, settings)
+        known = load_cached(path, settings, "ms", lambda stored: {**stored, **_where(stored)})
         todo = [k for k in makers if k not in known["ms"]]
         if todo:
             say(
@@ -140,16 +140,19 @@ def _where(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: default if spec.get(k) is None else spec[k] for k, default in WHERE_DEFAULTS.items()}
 
 
-def _load(path: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """The cached times when their settings are these (a stale file is ours: remade)."""
+def load_cached(path: Path | None, settings: dict[str, Any], field: str,
+                normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                ) -> dict[str, Any]:  # fmt: skip
+    """The cache file ``{"settings": ..., field: {...}}`` when its settings (``normalize``d)
+    are these, else an empty one (a stale file is ours: remade)."""
     if path is not None and path.is_file():
         try:
             known = json.loads(path.read_text())
         except (OSError, ValueError):
             known = None
         stored = known.get("settings") if isinstance(known, dict) else None
-        if isinstance(stored, dict) and {**stored, **_where(stored)} == json.loads(
+        if isinstance(stored, dict) and (normalize(stored) if normalize else stored) == json.loads(
             json.dumps(settings)
         ):
             return known
-    return {"settings": settings, "ms": {}}
+    return {"settings": settings, field: {}}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.api._pipeline_frontier import planned_model
+from prunekit.api._pipeline_frontier import load_cached, planned_model
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -50,7 +50,7 @@ def measure_losses(frontiers: list[Any], facts: dict[str, Any], spec: dict[str, 
         stage_spec = next(s for s in spec["stages"] if s["name"] == stage.name)
         settings = _settings(stage_spec, f)
         path = cache / f"{stage.name}.losses.json" if cache else None
-        known = _load(path, settings)
+        known = load_cached(path, settings, "loss")
         keys = {id(p): keep_key(p.plan.keep, p.plan.drop_blocks) for p in stage.points
                 if p.plan is not None}  # fmt: skip
         todo = sorted(set(keys.values()) - set(known["loss"]))
@@ -80,15 +80,3 @@ def _settings(stage: dict[str, Any], facts: Any) -> dict[str, Any]:
             "data": stage.get("data"), "metric": stage.get("metric", "agreement"),
             "drop": getattr(facts.fit_drop, "name", type(facts.fit_drop).__name__),
             "samples": sensitivity.get("samples")}  # fmt: skip
-
-
-def _load(path: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """The cached losses when their settings are these (a stale file is ours: remade)."""
-    if path is not None and path.is_file():
-        try:
-            known = json.loads(path.read_text())
-        except (OSError, ValueError):
-            known = None
-        if isinstance(known, dict) and known.get("settings") == json.loads(json.dumps(settings)):
-            return known
-    return {"settings": settings, "loss": {}}
