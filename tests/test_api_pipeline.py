@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from prunekit.api.pipeline import PipelineSpecError, agreement, parse_pipeline
 
@@ -272,6 +273,24 @@ def test_measured_losses_plan_on_each_option_s_drop_on_fit_items(tmp_path: Path)
         record["planned"]["weighted_loss_predicted"])  # fmt: skip
 
 
+def test_the_losses_cache_records_the_samples_the_losses_were_measured_on() -> None:
+    """A stage that leaves ``samples`` out is recorded at the resolved default, so a later
+    change of that default remakes the losses instead of reusing them."""
+    from types import SimpleNamespace
+
+    from prunekit.api._pipeline_losses import _settings
+    from prunekit.api.planning import SensitivityConfig
+
+    model = torch.nn.Linear(2, 2)
+    facts = SimpleNamespace(model=model, sizes={"g": 2}, fit_drop=None,
+                            example=SimpleNamespace(tensors=lambda: [torch.zeros(1, 2)]))  # fmt: skip
+    stage = {"name": "s", "model": "m"}
+    assert _settings(stage, facts)["samples"] == SensitivityConfig().samples
+    spelled = {**stage, "sensitivity": {"samples": SensitivityConfig().samples}}
+    assert _settings(spelled, facts) == _settings(stage, facts)
+    assert _settings({**stage, "sensitivity": {"samples": 3}}, facts)["samples"] == 3
+
+
 def _perception_stage(name: str, factory: str, metric: str, weight: float) -> dict[str, Any]:
     return {"name": name, "model": f"prunekit.nn.perception:{factory}",
             "model_kwargs": {"width": 16}, "input_shape": "1,3,48,48", "data": "scenes:8,6",
@@ -371,7 +390,6 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
 def test_pipelines_are_timed_on_the_chosen_backend() -> None:
     """On onnxruntime the frames run ONNX sessions: the PyTorch forward runs only to export
     and to check parity, however many calls are timed; in eager every timed call runs it."""
-    import torch
     from torch import nn
 
     from prunekit.inputs import TensorSpec

@@ -74,9 +74,12 @@ def measure_losses(frontiers: list[Any], facts: dict[str, Any], spec: dict[str, 
 
 def _settings(stage: dict[str, Any], facts: Any) -> dict[str, Any]:
     """What a cached loss depends on: the model (weights included) and what it is scored on."""
-    sensitivity = stage.get("sensitivity") or {}
+    from prunekit.api.planning import SensitivityConfig
+
+    # resolved, not as written: a changed default must not reuse losses measured on fewer items
+    samples = SensitivityConfig.from_dict(stage.get("sensitivity") or {}).samples
     return {"model": stage["model"], "weights": weights_digest(facts.model),
             "groups": facts.sizes, "inputs": [list(t.shape) for t in facts.example.tensors()],
             "data": stage.get("data"), "metric": stage.get("metric", "agreement"),
             "drop": getattr(facts.fit_drop, "name", type(facts.fit_drop).__name__),
-            "samples": sensitivity.get("samples")}  # fmt: skip
+            "samples": samples}  # fmt: skip
