@@ -84,7 +84,6 @@ def test_the_pipeline_file_is_checked_key_by_key(change: dict[str, Any], message
 
 
 def test_agreement_metric() -> None:
-    import torch
 
     dense = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     other = torch.tensor([[0.2, 0.8], [0.1, 0.9], [0.4, 0.6], [0.7, 0.3]])
@@ -428,7 +427,6 @@ def test_recovery_distils_planned_and_uniform_stages_on_fit_images(tmp_path: Pat
     """recover: the pruned models of both pipelines imitate their dense models on the fit part
     (validation carved from it), the same for planned and uniform; a stage may opt out; the
     artifacts hold the recovered weights and the latencies measured before recovery stand."""
-    import torch
 
     import prunekit as pk
     from prunekit.api.pipeline import run_pipeline
@@ -484,7 +482,6 @@ def test_recovery_distils_planned_and_uniform_stages_on_fit_images(tmp_path: Pat
 
 
 def _cuda() -> bool:
-    import torch
 
     return bool(torch.cuda.is_available())
 
@@ -513,7 +510,6 @@ def test_a_pipeline_profiled_planned_and_timed_on_cuda(tmp_path: Path) -> None:
 def test_a_pipeline_in_bfloat16_times_cast_copies() -> None:
     """dtype: the stages run in that precision while timed; the models (scored afterwards)
     keep their float32 weights."""
-    import torch
     from torch import nn
 
     from prunekit.inputs import TensorSpec
