@@ -26,7 +26,6 @@ depth), beside the same figures for a constant prediction.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import sys
@@ -149,6 +148,7 @@ def uniform_curve(args: argparse.Namespace, spec: dict[str, Any], record: dict[s
     uniform pipelines at the ratios just below it (over the budget) and at it are timed in one
     interleaved run with the dense and the planned pipelines, and scored on the same held-out
     scenes, unrecovered: the uniform loss at the planned pipeline's time is read off them."""
+    from prunekit.api._pipeline_frontier import uniform_model
     from prunekit.api._pipeline_stages import stage_inputs, stage_metric
     from prunekit.measure.backends.ort import ort_spinning
     from prunekit.planning.pipeline import measure_pipelines
@@ -171,8 +171,7 @@ def uniform_curve(args: argparse.Namespace, spec: dict[str, Any], record: dict[s
         planned = pk.load(str(run_dir / name / "planned")).model.eval()
         variants["planned"].append((name, planned, example))
         for r in ratios:
-            model = copy.deepcopy(dense)
-            pk.prune_(model, example, pk.StructuredPruning(ratio=r, round_to=args.round_to))
+            model = uniform_model(dense, example, r, args.round_to)
             variants.setdefault(f"uniform {r:.0%}", []).append((name, model, example))
             scored[f"uniform {r:.0%}"][name] = metric.loss(
                 dense_metric[name], metric.score(model, inputs["items"], 16)

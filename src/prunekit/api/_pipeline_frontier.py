@@ -42,15 +42,14 @@ def planned_model(facts: Any, plan: Any) -> nn.Module:
     return model
 
 
-def uniform_model(facts: Any, ratio: float) -> nn.Module:
-    """The stage's model with ``ratio`` of every group's channels removed, kept counts rounded
-    up to the stage's ``round_to`` as its plans' are (a copy)."""
+def uniform_model(model: nn.Module, example: Any, ratio: float, round_to: int = 1) -> nn.Module:
+    """A copy of ``model`` with ``ratio`` of every group's channels removed, kept counts
+    rounded up to ``round_to`` as the stage's plans' are."""
     import prunekit as pk
 
-    model = copy.deepcopy(facts.model)
+    model = copy.deepcopy(model)
     if ratio > 0:
-        pk.prune_(model, facts.example,
-                  pk.StructuredPruning(ratio=ratio, round_to=facts.round_to))  # fmt: skip
+        pk.prune_(model, example, pk.StructuredPruning(ratio=ratio, round_to=round_to))
     return model
 
 
@@ -87,7 +86,7 @@ def measure_options(
                 makers[key] = functools.partial(planned_model, f, p.plan)
         for ratio in UNIFORM_GRID:
             makers[keep_key(uniform_table_keep(f, ratio))] = functools.partial(
-                uniform_model, f, ratio
+                uniform_model, f.model, f.example, ratio, f.round_to
             )
         settings = _settings(spec, stage.name, f)
         path = cache / f"{stage.name}.options.json" if cache else None

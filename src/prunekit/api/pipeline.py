@@ -174,7 +174,8 @@ class _Run:
         return {n: planned_model(f, allocation.choice[n].plan) for n, f in self.facts.items()}
 
     def uniform_models(self, ratio: float) -> dict[str, torch.nn.Module]:
-        return {n: uniform_model(f, ratio) for n, f in self.facts.items()}
+        return {n: uniform_model(f.model, f.example, ratio, f.round_to)
+                for n, f in self.facts.items()}  # fmt: skip
 
     def uniform_ms(self, name: str, ratio: float) -> float:
         """The uniform stage's latency in its table's scale (predicted, or measured alone)."""
