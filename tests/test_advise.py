@@ -177,6 +177,7 @@ def test_blocks_drop_the_later_residual_blocks_and_a_plain_model_gets_a_note(
     variants, _ = build_variants(loaded.model, loaded.input_spec.make(1))
     blocks = next(v for v in variants if v.strategy == "blocks")
     assert blocks.details["dropped"] == ["5"] and blocks.details["candidates"] == 4
+    assert blocks.level == 0.25  # 1 of 4
     assert blocks.macs_kept is not None and blocks.macs_kept < 1
     mlp = load_model(f"{tiny_file}:mlp", input_shapes=[(1, 16)])
     variants, _ = build_variants(mlp.model, mlp.input_spec.make(1))
@@ -194,6 +195,7 @@ def test_a_transformer_s_blocks_are_its_encoder_layers(tiny_bert_dir: Path) -> N
     blocks = next(v for v in variants if v.strategy == "blocks")
     assert blocks.model is not None, blocks.note
     assert blocks.details == {"dropped": ["encoder.layer.1"], "candidates": 2}
+    assert blocks.level == 0.5  # 1 of 2 dropped: the label says 50%, not the 25% asked
     assert "dropped the last 1 of 2 encoder layers" in (blocks.note or "")
     assert blocks.macs_kept is not None and 0.3 < blocks.macs_kept < 0.7
     with torch.no_grad():

@@ -128,13 +128,41 @@ def test_uniform_allocation_and_an_unreachable_floor() -> None:
         allocate_uniform({"a": 10}, 0.95, 0.1)
 
 
+def test_the_floor_holds_in_whole_weights_for_small_layers() -> None:
+    """0.98 of 16 weights rounds to all 16: the floor (1%) is a whole weight kept, for every
+    allocation, and the one-shot masks keep it."""
+    shares = allocate_uniform({"small": 16, "big": 4096}, 0.98, 0.01)
+    assert shares == {"small": 15 / 16, "big": 0.98}
+    weights = {"small": torch.linspace(0.001, 0.002, 16), "big": torch.linspace(1, 2, 4096)}
+    assert allocate_global(weights, 0.5, floor=0.01)["small"] == 15 / 16
+    curves = {"small": {0.99: 0.0}, "big": {0.99: 1.0}}
+    assert allocate_sensitivity(curves, {"small": 16, "big": 4096}, 0.5, 0.01)["small"] == 15 / 16
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16), nn.ReLU(),
+                          nn.Linear(16, 1))  # fmt: skip
+    record: dict = {}
+    sparsify_(model, SparsifyConfig(sparsity=0.98, allocation="uniform", floor=0.01),
+              example=torch.zeros(1, 64), record=record)  # fmt: skip
+    assert int((model[4].weight != 0).sum()) == 1  # not 0: the output still depends on the input
+    assert all(layer["nonzeros"] >= 1 for layer in record["layers"])
+
+
 def test_layer_patterns_choose_targets() -> None:
     model = _net()
     assert list(target_weights(model)) == ["1.weight", "3.weight", "5.weight"]
     assert list(target_weights(model, ignore=["5"])) == ["1.weight", "3.weight"]
     assert list(target_weights(model, only=["[13]"])) == ["1.weight", "3.weight"]
     with pytest.raises(SparsityError, match="no Linear or Conv weight"):
-        target_weights(model, only=["nothing*"])
+        target_weights(model, ignore=["*"])
+    # a pattern that names no layer is a typo: the layer meant would be pruned without a word
+    typos: list[tuple[dict[str, list[str]], str]] = [
+        ({"only": ["nothing*"]}, "--layers"),
+        ({"ignore": ["clasifier"]}, "--ignore"),
+    ]
+    for kwargs, option in typos:
+        listed = r"matches no Linear or Conv layer of this model \(its layers: 1, 3, 5\)"
+        with pytest.raises(SparsityError, match=f"{option} .* {listed}"):
+            target_weights(model, **kwargs)
 
 
 # --- the sensitivity file ------------------------------------------------------------------
@@ -257,6 +285,62 @@ def test_nm_on_a_hugging_face_bert(tiny_bert_dir: Path, tmp_path: Path) -> None:
         _assert_exact_nm(modules[name].weight, 2, 4)
 
 
+@pytest.mark.parametrize("nm", [(3, 4), (1, 2), (4, 16)])
+def test_the_pattern_recorded_is_the_n_m_applied(nm: tuple[int, int]) -> None:
+    """A reader of the weights sees 1:2 as 2:4 and 3:4 as none of the hardware patterns;
+    sparsify.json names what was applied, and it holds exactly."""
+    model = _net()
+    record: dict = {}
+    sparsify_(model, SparsifyConfig(nm=nm), example=torch.zeros(1, 1, 8, 8), record=record)
+    modules = dict(model.named_modules())
+    for layer in record["layers"]:
+        assert layer["pattern"] == f"{nm[0]}:{nm[1]}"
+        _assert_exact_nm(modules[layer["name"]].weight, *nm)
+
+
+def test_gradual_n_m_ends_exactly_n_of_every_m() -> None:
+    """The gradual ramp before the N:M cut never takes a group below N: after it every group
+    of 4 has exactly 2 non-zeros and the sparsity is exactly the planned 0.5."""
+    import prunekit as pk
+
+    model = _net()
+    config = SparsifyConfig(nm=(2, 4), schedule="gradual", epochs=1, lr=0.05, batch_size=64)
+    record: dict = {}
+    sparsify_(model, config, data=pk.load_data("digits"), example=torch.zeros(1, 1, 8, 8),
+              record=record)  # fmt: skip
+    modules = dict(model.named_modules())
+    for layer in record["layers"]:
+        _assert_exact_nm(modules[layer["name"]].weight, 2, 4)
+        assert layer["pattern"] == "2:4"
+    assert record["sparsity"] == 0.5
+
+
+def test_a_model_with_tied_weights_is_written(tmp_path: Path) -> None:
+    """BertForMaskedLM's decoder shares the word embeddings: the sparsified layer is found
+    through its module, whichever name the shared tensor is listed under."""
+    import prunekit as pk
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=48,
+                                     max_position_embeddings=40)  # fmt: skip
+    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    out = tmp_path / "sp"
+    args = ["sparsify", str(tmp_path / "mlm"), "--seq-len", "8", "--sparsity", "0.5",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((out / "sparsify.json").read_text())
+    assert "cls.predictions.decoder" in {layer["name"] for layer in record["layers"]}
+    model = pk.load(str(out)).model
+    modules = dict(model.named_modules())
+    stored = unpack_file(str(out / "sparse.safetensors"))
+    for layer in record["layers"]:
+        weight = modules[layer["name"]].weight.detach()
+        assert torch.equal(stored[f"{layer['name']}.weight"], weight)
+        assert int((weight != 0).sum()) == layer["nonzeros"]
+
+
 # --- storage and the artifact --------------------------------------------------------------
 
 
@@ -311,6 +395,8 @@ def test_cli_writes_an_artifact_whose_sparse_file_matches_the_model(
         (["--sparsity", "0.5", "--schedule", "gradual", "--epochs", "1"], "give --data"),
         (["--sparsity", "0.5", "--allocation", "sensitivity"], "needs per-layer curves"),
         (["--sparsity", "0.5", "--floor", "0.6"], "cannot be reached"),
+        (["--sparsity", "0.5", "--ignore", "fx"], "--ignore 'fx' matches no Linear or Conv"),
+        (["--sparsity", "0.5", "--device", "cpu"], "--device is where --epochs/--seconds"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -405,6 +491,38 @@ def test_visualize_of_a_missing_image_is_one_line(
     err = capsys.readouterr().err.strip()
     assert "no such image file" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_bad_visualize_layer_is_refused_before_any_training(
+    model_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    out = tmp_path / "sp"
+    args = ["sparsify", f"{model_file}:net", "--input-shape", "1,1,8,8", "--sparsity", "0.8",
+            "--schedule", "gradual", "--data", "digits", "--epochs", "50", "--visualize",
+            str(image), "--visualize-layer", "typo", "--out", str(out)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    # one line: no epoch was logged before the refusal
+    assert err.endswith("--visualize-layer typo: not a Conv or Linear module of this model "
+                        "(prunekit analyze MODEL lists the layers)"), err  # fmt: skip
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_device_cuda_without_cuda_is_refused_before_loading(
+    model_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sp"
+    args = ["sparsify", f"{model_file}:net", "--input-shape", "1,1,8,8", "--sparsity", "0.5",
+            "--data", "digits", "--epochs", "1", "--device", "cuda", "--out", str(out)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--device cuda: CUDA is not available on this machine"), err
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 @pytest.mark.slow

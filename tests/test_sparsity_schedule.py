@@ -205,14 +205,31 @@ def test_nm_constraint_is_applied_at_end_step() -> None:
     pruner = GradualPruner(model, schedule, parameters=["fc1.weight", "fc2.weight"], nm=(2, 4))
     history = _train_with(pruner, model, steps=8)
     before, after = history[5], history[6]
-    # before the end the masks are unstructured: some block of 4 keeps more than 2
+    # before the end the masks are unstructured (some block of 4 keeps more than 2), yet the
+    # ramp never took a block below 2: the end's cut finds 2 in every block
     assert any((m.reshape(-1, 4).sum(-1) > 2).any() for m in before.values())
+    assert all((m.reshape(-1, 4).sum(-1) >= 2).all() for masks in history[:6]
+               for m in masks.values())  # fmt: skip
     for name, mask in after.items():
-        assert (mask.reshape(-1, 4).sum(-1) <= 2).all()  # dim 1 blocks of the (out, in) weight
+        assert (mask.reshape(-1, 4).sum(-1) == 2).all()  # dim 1 blocks of the (out, in) weight
         assert not (mask & ~before[name]).any()
-    pruned = sum(int((~m).sum()) for m in after.values())
-    assert pruned >= 96  # at least half of 192, more where unstructured pruning took 3 of a block
+    assert sum(int((~m).sum()) for m in after.values()) == 96  # exactly half of 192
     assert all(torch.equal(history[7][n], after[n]) for n in after)  # no update after the end
+
+
+def test_an_nm_ramp_past_what_n_of_m_keeps_still_ends_exactly_n_of_m() -> None:
+    """A ramp aimed at 90% (past 2:4's 50%) stops at 2 in every block of 4: the ramp keeps
+    each block's 2 best survivors, and the end cuts the rest."""
+    model = _net()
+    schedule = CubicSchedule(0.0, 0.9, begin_step=0, end_step=6, frequency=1)
+    pruner = GradualPruner(model, schedule, parameters=["fc1.weight", "fc2.weight"], nm=(2, 4))
+    history = _train_with(pruner, model, steps=8)
+    for step in range(6):
+        assert all((m.reshape(-1, 4).sum(-1) >= 2).all() for m in history[step].values())
+    for name, mask in history[7].items():
+        assert (mask.reshape(-1, 4).sum(-1) == 2).all()
+        weight = dict(model.named_parameters())[name].detach()
+        assert ((weight != 0).reshape(-1, 4).sum(-1) == 2).all()
 
 
 def test_make_permanent_removes_every_hook() -> None:

@@ -9,7 +9,7 @@ import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from prunekit.errors import InvalidArgumentError, InvalidValueError
+from prunekit.errors import BackendError, InvalidArgumentError, InvalidValueError
 
 if TYPE_CHECKING:
     import torch
@@ -174,3 +174,18 @@ def check_device(value: Any, name: str = "device") -> torch.device:
         raise InvalidValueError(
             f"{name} {value!r} is not a device: use one such as 'cpu', 'cuda' or 'cuda:0'"
         ) from None
+
+
+def check_device_present(value: Any, name: str = "--device") -> torch.device:
+    """``check_device``, and the device must exist on this machine: a CUDA device asked for
+    where there is none is refused in one line before anything is loaded or trained."""
+    import torch
+
+    device = check_device(value, name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"{name} {value}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BackendError(f"{name} {value}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
+    return device

@@ -113,6 +113,7 @@ def device_phrase(device: torch.device, threads: int, environment: dict[str, Any
 def check_arguments(batch_sizes: Any, device: str, backend: str, threads: int | None,
                     rounds: int) -> torch.device:  # fmt: skip
     """Every check that needs no model; returns the device."""
+    from prunekit._checks import check_device_present
     from prunekit.errors import BackendError
     from prunekit.measure.backends import backend_class, check_backend_device
 
@@ -120,8 +121,7 @@ def check_arguments(batch_sizes: Any, device: str, backend: str, threads: int | 
     if str(device) not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise BackendError(f"--device {device}: unsupported device; use cpu or cuda")
     check_backend_device(backend, device)
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError(f"--device {device}: CUDA is not available on this machine")
+    check_device_present(device)
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
                               for b in batch_sizes):  # fmt: skip
         raise InputSpecError(f"batch sizes must be positive integers, got {list(batch_sizes)}")

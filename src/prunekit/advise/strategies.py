@@ -338,7 +338,8 @@ def droppable_blocks(model: nn.Module) -> list[str]:
 def block_variant(model: nn.Module, example: ExampleInputs, dense_macs: Any,
                   fraction: float = BLOCK_LEVEL,
                   count_macs: Callable[..., Any] | None = None) -> Variant:  # fmt: skip
-    """The last ``fraction`` of the droppable residual blocks dropped (at least one)."""
+    """The last ``fraction`` of the droppable residual blocks dropped (at least one); the
+    variant's level is the share dropped."""
     from prunekit.measure.macs import count_macs as default_count
     from prunekit.pruning.blocks import drop_blocks
 
@@ -360,7 +361,8 @@ def block_variant(model: nn.Module, example: ExampleInputs, dense_macs: Any,
     note = (f"dropped the last {k} of {len(candidates)} residual blocks ({', '.join(chosen[:4])}"
             f"{', ...' if k > 4 else ''}); each branch replaced by its mean output on the "
             "example input")  # fmt: skip
-    return Variant("blocks", fraction, "dense", pruned, note,
+    # the level is the share really dropped (1 of 2 blocks is 50%, whatever was asked)
+    return Variant("blocks", k / len(candidates), "dense", pruned, note,
                    macs / dense_macs.total if dense_macs.total else None,
                    details={"dropped": chosen, "candidates": len(candidates)})  # fmt: skip
 
@@ -389,7 +391,7 @@ def encoder_layer_variant(model: nn.Module, example: ExampleInputs, dense_macs: 
     pruned = drop_layers(copy.deepcopy(model), list(range(count - k, count)))
     macs = (count_macs or default_count)(pruned, example).total
     note = f"dropped the last {k} of {count} encoder layers ({name})"
-    return Variant("blocks", fraction, "dense", pruned, note,
+    return Variant("blocks", k / count, "dense", pruned, note,
                    macs / dense_macs.total if dense_macs.total else None,
                    details={"dropped": [f"{name}.{i}" for i in range(count - k, count)],
                             "candidates": count})  # fmt: skip

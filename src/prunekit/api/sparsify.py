@@ -398,6 +398,7 @@ def _fill_record(
     seconds: float,
 ) -> None:
     from prunekit.report.masks import layer_sparsity
+    from prunekit.sparsity.masks import holds_nm
     from prunekit.sparsity.storage import layer_storage, storage_totals
 
     if record is None:
@@ -409,6 +410,10 @@ def _fill_record(
     for name, w in weights.items():
         module = name.removesuffix(".weight")
         pattern = facts.get(module, {}).get("pattern", "unstructured")
+        if config.nm is not None and holds_nm(w, *config.nm):
+            # what was applied, not what a reader of the weights can infer (1:2 reads as 2:4,
+            # and 3:4 is beyond the hardware patterns the reader looks for)
+            pattern = f"{config.nm[0]}:{config.nm[1]}"
         layers.append({**layer_storage(module, w, pattern),
                        "planned_sparsity": round(float(shares[name]), 6)})  # fmt: skip
     metric: dict[str, Any] = {"dense": None, "final": None, "split": None, "samples": None}

@@ -240,6 +240,17 @@ def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def _retie(tied: list[list[tuple[nn.Module, str]]]) -> None:
+    """``to_empty`` gives every holder of a tied tensor (an embedding shared with an LM
+    decoder) its own empty tensor; the ties are put back, so the one stored copy fills all."""
+    for holders in tied:
+        module, attr = holders[0]
+        kept = module._parameters.get(attr)
+        shared = kept if kept is not None else module._buffers[attr]
+        assert shared is not None
+        replace_tensor(holders, shared, shared, keep_object=True)
+
+
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """``load_state_dict`` with the model's own metadata (module versions, which some
     modules check) and with tied weights that safetensors stored once filled in."""
@@ -350,7 +361,9 @@ def load(
     _check_files(directory, manifest)
     weights = directory / WEIGHTS
     model = _skeleton(manifest, trust_code=trust_code, artifact_dir=directory, say=say)
+    tied = [holders for holders in aliases(model).values() if len(holders) > 1]
     model = model.to_empty(device=device)
+    _retie(tied)
     try:
         _load_state(model, load_file(str(weights), device=str(device)))
         if EXTRA in manifest["files"]:

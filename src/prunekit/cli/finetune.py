@@ -93,10 +93,10 @@ def _device(requested: str | None) -> str:
 
     import torch
 
-    from prunekit._checks import check_device
+    from prunekit._checks import check_device_present
 
     if requested is not None:
-        return str(check_device(requested))
+        return str(check_device_present(requested))
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"

@@ -104,6 +104,7 @@ def parse_nm(text: str) -> tuple[int, int]:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    from prunekit._checks import check_device_present
     from prunekit.errors import InputSpecError
 
     if args.sparsity is not None and not 0.0 < args.sparsity < 1.0:
@@ -123,24 +124,31 @@ def _check_arguments(args: argparse.Namespace) -> None:
                              "N of every M in every layer: use one or the other")  # fmt: skip
     if args.allocation != "sensitivity" and args.sensitivity:
         raise InputSpecError("--sensitivity FILE is used by --allocation sensitivity only")
+    if args.device is not None:
+        if not trains:
+            raise InputSpecError("--device is where --epochs/--seconds fine-tune; without them "
+                                 "sparsify trains nothing")  # fmt: skip
+        check_device_present(args.device)
     if args.visualize is not None and not Path(args.visualize).is_file():
         raise InputSpecError(f"--visualize {args.visualize}: no such image file")
     if args.visualize_layer and not args.visualize:
         raise InputSpecError("--visualize-layer chooses the layer of --visualize IMAGE: give both")
 
 
-def _diagnosis(dense: Any, model: Any, args: argparse.Namespace, example: Any,
-               data: Any) -> dict[str, bytes]:  # fmt: skip
-    """The ``--visualize`` pictures as ``diagnosis/NAME.png`` -> bytes (written into the
-    artifact with everything else, atomically)."""
-    import tempfile
-
+def _visual_input(args: argparse.Namespace, model: Any, example: Any, data: Any) -> Any:
+    """The ``--visualize`` image at the model's input size, refused before any pruning or
+    training when the model takes no images or ``--visualize-layer`` names no weighted
+    layer (a gradual run's hours are not spent to fail at the picture)."""
     from prunekit.errors import InputSpecError
-    from prunekit.sparsity.diagnose import load_image, write_diagnosis
+    from prunekit.sparsity.diagnose import load_image, weighted_modules
 
     shape = example.tensors()[0].shape
     if len(shape) != 4:
         raise InputSpecError(f"--visualize draws image models; this one takes {list(shape)}")
+    layer = args.visualize_layer
+    if layer and layer.removesuffix(".weight") not in weighted_modules(model):
+        raise InputSpecError(f"--visualize-layer {layer}: not a Conv or Linear module of this "
+                             "model (prunekit analyze MODEL lists the layers)")  # fmt: skip
     # a segmentation folder's images are ImageNet-normalised; the built-in sets are in [0, 1]
     normal = data is not None and data.kind == "segmentation"
     imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)} if normal else {}
@@ -148,8 +156,17 @@ def _diagnosis(dense: Any, model: Any, args: argparse.Namespace, example: Any,
         image = load_image(args.visualize, (int(shape[2]), int(shape[3])), **imagenet)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"--visualize {args.visualize}: {exc}") from None
-    if shape[1] == 1:
-        image = image.mean(dim=0, keepdim=True)
+    return image.mean(dim=0, keepdim=True) if shape[1] == 1 else image
+
+
+def _diagnosis(dense: Any, model: Any, args: argparse.Namespace, image: Any) -> dict[str, bytes]:
+    """The ``--visualize`` pictures as ``diagnosis/NAME.png`` -> bytes (written into the
+    artifact with everything else, atomically)."""
+    import tempfile
+
+    from prunekit.errors import InputSpecError
+    from prunekit.sparsity.diagnose import write_diagnosis
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             paths = write_diagnosis(dense, {"sparse": model}, image, Path(tmp),
@@ -157,6 +174,14 @@ def _diagnosis(dense: Any, model: Any, args: argparse.Namespace, example: Any,
         except ValueError as exc:
             raise InputSpecError(f"--visualize-layer: {exc}") from None
         return {f"diagnosis/{p.name}": p.read_bytes() for p in paths}
+
+
+def _weight(model: Any, layer: str) -> Any:
+    import torch
+
+    weight = model.get_submodule(layer).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,16 +211,18 @@ def run(args: argparse.Namespace) -> int:
 
         tokenizer = load_tokenizer(args.model)
     record: dict[str, Any] = {"model": loaded.name}
+    image = _visual_input(args, loaded.model, example, data) if args.visualize else None
     dense = copy.deepcopy(loaded.model) if args.visualize else None
     sparsify_(loaded.model, config, data=data, sensitivity=args.sensitivity, example=example,
               model_name=loaded.name, record=record, log=say, tokenizer=tokenizer)  # fmt: skip
     model = loaded.model.cpu()
     pictures = {}
     if dense is not None:
-        pictures = _diagnosis(dense.cpu().eval(), model, args, example, data)
+        pictures = _diagnosis(dense.cpu().eval(), model, args, image)
         record["diagnosis"] = {"image": str(args.visualize), "files": sorted(pictures)}
-    named = dict(model.named_parameters())
-    packed = storage.pack({f"{layer['name']}.weight": named[f"{layer['name']}.weight"]
+    # through the module: a tied weight (an embedding shared with a decoder) has one name in
+    # named_parameters(), maybe not the name of the layer it was sparsified as
+    packed = storage.pack({f"{layer['name']}.weight": _weight(model, layer["name"])
                            for layer in record["layers"]})  # fmt: skip
     pk.save(model, out, source=loaded, extra_files={"sparsify.json": record},
             tensor_files={"sparse.safetensors": packed}, byte_files=pictures)  # fmt: skip
@@ -222,8 +249,9 @@ def _print_human(record: dict[str, Any], out: str) -> None:
     print(f"sparsity     {record['sparsity']:.4f} of {record['targeted_weights']:,} targeted "
           f"weights (asked: {kind}; {record['schedule']}, allocation {record['allocation']})")  # fmt: skip
     if record["skipped"]:
-        print(f"left dense   {len(record['skipped'])} layer(s): "
-              + ", ".join(s["name"] for s in record["skipped"][:6]))  # fmt: skip
+        names = [s["name"] for s in record["skipped"]]
+        more = f" and {len(names) - 6} more (sparsify.json: skipped)" if len(names) > 6 else ""
+        print(f"left dense   {len(names)} layer(s): {', '.join(names[:6])}{more}")
     metric = record["metric"]
     if metric.get("final") is not None:
         print(f"{metric['name']:<12} {metric['dense']:.4f} dense -> {metric['final']:.4f} "

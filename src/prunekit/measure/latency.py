@@ -22,6 +22,7 @@ from torch import nn
 from prunekit._checks import (
     check_callable,
     check_device,
+    check_device_present,
     check_module,
     check_number,
     check_optional,
@@ -181,9 +182,7 @@ def _channels_last(example: ExampleInputs) -> ExampleInputs:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = check_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError("--device cuda was requested but no CUDA device is available here")
+    dev = check_device_present(device)
     if dev.type not in ("cpu", "cuda"):
         raise BackendError(f"unsupported device {str(device)!r}; use cpu or cuda")
     return dev

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._checks import check_device_present
 from prunekit._utils import module_device
 from prunekit.recovery._checkpoint import CheckpointError, RecoveryError
 
@@ -316,7 +317,8 @@ def finetune(
         raise RecoveryError(
             "patience (early stopping) needs a validation metric: pass val_loader or evaluate"
         )
-    device = torch.device(config.device) if config.device is not None else module_device(model)
+    device = (check_device_present(config.device, "device") if config.device is not None
+              else module_device(model))  # fmt: skip
     distributed.init_from_env(device)
     modes = {m: m.training for m in model.modules()}
     if teacher is not None:

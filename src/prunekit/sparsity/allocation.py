@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -69,11 +70,13 @@ def target_weights(
     """
     seen: set[int] = set()
     found: dict[str, nn.Parameter] = {}
+    layers: list[str] = []
     for module_name, module in model.named_modules():
         if not isinstance(module, _PRUNABLE):
             continue
         weight = module.weight
         name = f"{module_name}.weight" if module_name else "weight"
+        layers.append(name)
         if (
             not isinstance(weight, nn.Parameter)
             or id(weight) in seen
@@ -86,6 +89,8 @@ def target_weights(
             continue
         seen.add(id(weight))
         found[name] = weight
+    _check_patterns(layers, only, "--layers")
+    _check_patterns(layers, ignore, "--ignore")
     if not found:
         why = "after --layers/--ignore " if (only or ignore) else ""
         raise SparsityError(
@@ -94,6 +99,17 @@ def target_weights(
             + (f" (--ignore {' '.join(ignore)})" if ignore else "")
         )
     return found
+
+
+def _check_patterns(layers: Sequence[str], patterns: Sequence[str], option: str) -> None:
+    """A pattern that matches no Linear / Conv layer is a typo, not a choice: the layer meant
+    would be sparsified (``--ignore``) or left dense (``--layers``) without a word."""
+    for pattern in patterns:
+        if not any(_matches(name, [pattern]) for name in layers):
+            shown = ", ".join(n.removesuffix(".weight") for n in layers[:8])
+            more = f" and {len(layers) - 8} more" if len(layers) > 8 else ""
+            raise SparsityError(f"{option} {pattern!r} matches no Linear or Conv layer of this "
+                                f"model (its layers: {shown}{more})")  # fmt: skip
 
 
 def nm_eligible(weight: Tensor, m: int) -> bool:
@@ -112,10 +128,18 @@ def _check(target: float, floor: float, sizes: Mapping[str, int]) -> None:
         raise SparsityError("no weight tensor to allocate sparsity to")
 
 
+def floor_cap(size: int, floor: float) -> float:
+    """The most of a ``size``-weight tensor that may be pruned: a whole number of weights, so
+    that the mask's rounding never takes it below ``floor`` (16 weights at a 1% floor keep 1,
+    not 0: 0.98 of 16 rounds to all of them)."""
+    kept = math.ceil(round(floor * size, 9))
+    return (size - kept) / size
+
+
 def allocate_uniform(sizes: Mapping[str, int], target: float, floor: float) -> dict[str, float]:
-    """Every tensor at ``target``."""
+    """Every tensor at ``target``, or at its floor where that is less (a small tensor)."""
     _check(target, floor, sizes)
-    return dict.fromkeys(sizes, float(target))
+    return {name: min(float(target), floor_cap(size, floor)) for name, size in sizes.items()}
 
 
 def allocate_global(weights: Mapping[str, Tensor], target: float, floor: float) -> dict[str, float]:
@@ -126,7 +150,7 @@ def allocate_global(weights: Mapping[str, Tensor], target: float, floor: float) 
     """
     sizes = {name: w.numel() for name, w in weights.items()}
     _check(target, floor, sizes)
-    cap = 1.0 - floor
+    caps = {name: floor_cap(size, floor) for name, size in sizes.items()}
     total = sum(sizes.values())
     to_prune = round(target * total)
     fixed: dict[str, float] = {}
@@ -142,14 +166,14 @@ def allocate_global(weights: Mapping[str, Tensor], target: float, floor: float) 
         for n in free:
             below = int((weights[n].detach().abs().float().cpu() <= threshold).sum())
             shares[n] = min(below, sizes[n]) / sizes[n]
-        over = [n for n in free if shares[n] > cap]
+        over = [n for n in free if shares[n] > caps[n]]
         if not over:
             # ties at the threshold may overshoot; scale every free share to the exact count
             counted = sum(shares[n] * sizes[n] for n in free)
             scale = budget / counted if counted else 0.0
-            return {**{n: min(cap, shares[n] * scale) for n in free}, **fixed}
+            return {**{n: min(caps[n], shares[n] * scale) for n in free}, **fixed}
         for n in over:
-            fixed[n] = cap
+            fixed[n] = caps[n]
 
 
 def _interpolate(curve: Mapping[float, float], level: float) -> float:
@@ -185,7 +209,7 @@ def allocate_sensitivity(
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             + "; measure it for this model (a new --sensitivity file)"
         )
-    caps = {n: min(1.0 - floor, max(curves[n], default=0.0)) for n in sizes}
+    caps = {n: min(floor_cap(sizes[n], floor), max(curves[n], default=0.0)) for n in sizes}
     reachable = sum(caps[n] * sizes[n] for n in sizes) / sum(sizes.values())
     if target > reachable + 1e-9:
         raise SparsityError(

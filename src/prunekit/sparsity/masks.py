@@ -36,7 +36,7 @@ from prunekit.errors import InvalidArgumentError, InvalidValueError, PrunekitErr
 Scope = Literal["global", "layer"]
 _SCOPES = ("global", "layer")
 
-__all__ = ["MaskSet", "Scope", "SparsityError", "magnitude_masks", "nm_mask"]
+__all__ = ["MaskSet", "Scope", "SparsityError", "holds_nm", "magnitude_masks", "nm_mask"]
 
 
 class SparsityError(PrunekitError):
@@ -281,6 +281,17 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
         raise SparsityTypeError(f"dim must be an integer such as 1 or -1, got {got(dim)}")
     dim = _check_nm_shape(weight.shape, m, dim, "the weight")
     return _nm_keep(weight.detach().abs(), n, m, dim)
+
+
+def holds_nm(weight: Tensor, n: int, m: int, dim: int = 1) -> bool:
+    """Whether every group of ``m`` consecutive weights along ``dim`` has exactly ``n``
+    non-zeros (what ``nm_mask`` keeps, and what 2:4 sparse kernels require); False where the
+    dimension does not split into groups of ``m``."""
+    if weight.dim() < 2 or weight.shape[dim] % m:
+        return False
+    kept = (weight.detach() != 0).movedim(dim, -1)
+    counts = kept.reshape(*kept.shape[:-1], -1, m).sum(-1)
+    return bool((counts == n).all())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -134,10 +134,11 @@ class GradualPruner:
     ``final_sparsity_by_name`` (needs ``scope="layer"``): per-parameter final sparsities, each
     following the schedule's curve scaled to it, ``s(t) = s_sched(t) / s_f * s_name``;
     parameters not named follow the schedule itself.
-    ``nm=(n, m)``: at ``end_step`` the masks are additionally intersected with an N:M mask
-    along the input dimension (dim 1; dim 0 for 1-D tensors), computed on the weights that
-    survived, so the result is both N:M and at least as sparse as ``final_sparsity``. Keep
-    ``final_sparsity`` below ``1 - n/m`` to let most of the pruning happen gradually.
+    ``nm=(n, m)``: groups run along the input dimension (dim 1; dim 0 for 1-D tensors).
+    Before ``end_step`` the ramp prunes unstructured but never the ``n`` best survivors of a
+    group; at ``end_step`` every group is cut to those ``n``, so the result is exactly N:M
+    (``n`` non-zeros in every group, as ``nm_mask`` gives). The ramp can therefore not go past
+    ``1 - n/m``; keep ``final_sparsity`` below it to let most of the pruning happen gradually.
     ``score``: importance of every weight, from the pruned parameters by name (default
     ``|w|``); e.g. ``prunekit.mcu.compress.neuron_scores``.
 
@@ -345,7 +346,14 @@ class GradualPruner:
 
     def _update_masks(self, step: int) -> None:
         previous = self._mask_set.masks
-        fresh = self._unstructured(step, self._scores(previous))
+        scores = self._scores(previous)
+        fresh = self._unstructured(step, scores)
+        if self._nm is not None:
+            # the ramp never takes the n best survivors of a group: the N:M cut at the end then
+            # finds n in every group (else a group the ramp had cut to 1 of 4 would stay there)
+            n, m = self._nm
+            fresh = {name: fresh[name] | _nm_keep(scores[name], n, m, _nm_dim(self._params[name]))
+                     for name in fresh}  # fmt: skip
         # the ranking already keeps old prunings pruned; the intersection makes it a guarantee
         masks = {name: fresh[name] & previous[name] for name in self._names}
         if self._nm is not None and step == self._schedule.end_step:
