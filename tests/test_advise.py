@@ -349,6 +349,8 @@ def test_cli_table(cli, tiny_file: str, fake_timer: Any) -> None:  # type: ignor
         (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
         (["--batch-sizes", "1,x"], "--batch-sizes"),
         (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--batch-sizes", "1,,2"], "cannot parse --batch-sizes '1,,2'"),
+        (["--batch-sizes", "1,1"], "--batch-sizes '1,1' repeats a value"),
         (["--backend", "tensorrt-magic"], "unknown backend 'tensorrt-magic'"),
         (["--backend", "tensorrt"], "the tensorrt backend runs on NVIDIA GPUs"),
         (["--rounds", "0"], "--rounds must be a positive integer"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,54 @@ def _spec(**top: Any) -> dict[str, Any]:
         ({"rounds": 0}, "rounds must be an integer >= 1"),
         ({"threads": "2"}, "threads must be an integer >= 1, got '2'"),
         ({"losses": "guessed"}, "losses 'guessed' is not one of predicted, measured"),
+        # a stage's name is a folder of --out and a file name in cache/: one path component
+        *[
+            ({"stages": [_stage(name, 0.5)]}, f"name '{re.escape(name)}' names a folder")
+            for name in ("/tmp/abs", "../up", "a/b", ".", "pipeline.json", ".hidden")
+        ],
+        (
+            {"stages": [_stage("a", 0.5, trust_code="false")]},
+            "trust_code must be true or false, got 'false'",
+        ),  # bool("false") is True
+        ({"stages": [_stage("a", 0.5, plan={"blocks": "no"})]}, "blocks must be true or false"),
+        ({"stages": [_stage("a", 0.5, plan={"round_to": 0})]}, "round_to must be an integer >= 1"),
+        ({"stages": [_stage("a", 0.5, input_shape="1,a,8")]}, "stage 1: input_shape: cannot parse"),
+        ({"stages": [_stage("a", 0.5, weight=float("nan"))]}, "weight must be a number >= 0"),
+        ({"stages": [_stage("a", 0.5, weight=True)]}, "weight must be a number >= 0, got True"),
+        (
+            {"stages": [_stage("a", 0.5, sensitivity={"samples": -3})]},
+            "stage 1: sensitivity: samples must be a positive integer",
+        ),
+        ({"budget_fraction": True}, "budget_fraction must be a positive number, got True"),
+        ({"cache": 5}, "cache: must be the path of a directory"),
+        ({"device": "tpu"}, "device 'tpu': use cpu or cuda"),
+        ({"lut_timing": {"min_repeats": 0}}, "pipeline: lut_timing: "),
     ],
 )
 def test_the_pipeline_file_is_checked_key_by_key(change: dict[str, Any], message: str) -> None:
     with pytest.raises(PipelineSpecError, match=message):
         parse_pipeline({**_spec(), **change})
+
+
+def test_an_input_shape_may_be_a_list() -> None:
+    parse_pipeline({**_spec(), "stages": [_stage("a", 0.5, input_shape=[1, 1, 8, 8])]})
+
+
+def test_a_cache_file_prunekit_did_not_write_is_refused_before_any_work(tmp_path: Path) -> None:
+    """The options' and losses' cache files are replaced as a run goes: a user's own file
+    where one goes is refused before the sensitivity runs, and is left as it was."""
+    from prunekit.api.pipeline import run_pipeline
+    from prunekit.errors import OutputPathError
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mine = cache / "detect.losses.json"
+    mine.write_text('{"my": "own data"}')
+    with pytest.raises(OutputPathError, match=r"refusing to replace .*detect\.losses\.json: it "
+                                              "is not a prunekit pipeline cache file"):  # fmt: skip
+        run_pipeline({**_spec(), "cache": str(cache)}, tmp_path / "out")
+    assert mine.read_text() == '{"my": "own data"}'
+    assert sorted(p.name for p in cache.iterdir()) == ["detect.losses.json"]  # nothing measured
 
 
 def test_agreement_metric() -> None:
@@ -122,6 +166,30 @@ def _with_tables(tables: dict[str, str]) -> dict[str, Any]:
     spec = _spec()
     spec["stages"] = [{**stage, "lut": tables[stage["name"]]} for stage in spec["stages"]]
     return spec
+
+
+@pytest.mark.slow
+def test_the_pipelines_are_timed_at_the_batch_size(tmp_path: Path, monkeypatch: Any) -> None:
+    """batch_size: the tables and every pipeline timed (dense, planned, uniform) run batches
+    of that size; the metrics' inputs are separate."""
+    from prunekit.api.pipeline import run_pipeline
+    from prunekit.planning import pipeline as planning
+
+    tables = _linear_tables(tmp_path)
+    for path in tables.values():  # the linear tables, as if profiled at batch 4
+        data = json.loads(Path(path).read_text())
+        Path(path).write_text(json.dumps({**data, "batch_size": 4}))
+    seen: list[int] = []
+    real = planning.measure_pipelines
+
+    def recording(variants: Any, **kwargs: Any) -> Any:
+        seen.extend(ex.tensors()[0].shape[0] for vs in variants.values() for _, _, ex in vs)
+        return real(variants, **kwargs)
+
+    monkeypatch.setattr(planning, "measure_pipelines", recording)
+    record = run_pipeline({**_with_tables(tables), "batch_size": 4, "replan": 0}, tmp_path / "o")
+    assert record["batch_size"] == 4
+    assert seen and set(seen) == {4}
 
 
 @pytest.mark.slow
@@ -346,7 +414,9 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
     spec = _with_tables(tables)
     spec.pop("budget_fraction")
     spec["budget_ms"] = 0.001
-    with pytest.raises(PipelineError, match=r"cannot be met: .*detect .* ms, depth .* ms"):
+    # in the ms the user gave, not the tables' scale
+    with pytest.raises(PipelineError, match=r"the budget of 0\.001 ms cannot be met: "
+                                            r".*detect .* ms, depth .* ms"):  # fmt: skip
         run_pipeline(spec, tmp_path / "a")
     assert not (tmp_path / "a").exists()
     other = {**_spec(), "stages": [_stage("detect", 0.5, lut=tables["depth"])]}
@@ -544,4 +614,13 @@ def test_the_command_refuses_bad_files_in_one_line(tmp_path: Path, cli) -> None:
     bad.write_text("budget_ms: 10\nstages:\n  - {name: a, model: resnet18, wieght: 2}\n")
     result = cli("pipeline", str(bad), "--out", str(tmp_path / "o"))
     assert result.code == 1 and "did you mean 'weight'" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    # a key given twice (YAML keeps the last without a word), text that is not UTF-8
+    bad.write_text("budget_ms: 5\nbudget_ms: 0.001\nstages: []\n")
+    result = cli("pipeline", str(bad), "--out", str(tmp_path / "o"))
+    assert result.err.strip().endswith("is not valid YAML: the key 'budget_ms' is given twice in "
+                                       "one mapping (line 2, column 1)"), result.err  # fmt: skip
+    bad.write_bytes(b"\xff\xfe budget")
+    result = cli("pipeline", str(bad), "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "is not UTF-8 text" in result.err
     assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

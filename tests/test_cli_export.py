@@ -263,6 +263,9 @@ BAD_INPUTS = [
     (["--format", "onnx", "--out", "{new}", "--rtol", "-1"], "--rtol must be a finite number"),
     (["--format", "onnx", "--out", "{new}", "--dynamic-batch", "--static-batch"],
      "not allowed with argument"),
+    # a second input the model does not take: the user's to fix, not an internal error
+    (["--format", "torchscript", "--out", "{new}", "--input-shape", "1,1,8,8"],
+     "the forward pass failed on inputs"),
 ]  # fmt: skip
 
 

@@ -50,6 +50,19 @@ def hand_table() -> LatencyTable:
     )
 
 
+def test_a_prediction_never_goes_below_the_floor() -> None:
+    """Savings measured one group at a time can add up past the dense time (a small model,
+    mostly fixed costs): the prediction stops at PREDICT_FLOOR of it, never below zero."""
+    from prunekit.planning.lut import PREDICT_FLOOR
+
+    table = LatencyTable("f", [[1]], 1, {}, 10.0, {
+        "a": GroupLatency("a", 8, [2, 8], [3.0, 10.0]),
+        "b": GroupLatency("b", 8, [2, 8], [3.0, 10.0]),
+    })  # fmt: skip
+    assert table.predict({"a": 2}) == 3.0  # one cut: as measured
+    assert table.predict({"a": 2, "b": 2}) == PREDICT_FLOOR * 10.0  # 10 - 7 - 7 < 0
+
+
 def net(width: int = 8) -> nn.Module:
     torch.manual_seed(width)
     return nn.Sequential(

@@ -81,6 +81,10 @@ def test_a_budget_below_the_smallest_widths_says_by_how_much() -> None:
         PipelineError, match=r"still take 11 ms \(detect 6 ms, segment 5 ms\), 1 ms over"
     ):
         allocate([a, b], 10.0)
+    # the tables' ms shown in the ms the user gave (here measured at half the tables' scale)
+    with pytest.raises(PipelineError, match=r"the budget of 5 ms cannot be met: .* still take "
+                                            r"5\.5 ms \(detect 3 ms, segment 2\.5 ms\), 0\.5 ms over"):  # fmt: skip
+        allocate([a, b], 10.0, shown_scale=0.5)
     with pytest.raises(PipelineError, match="unique"):
         allocate([a, a], 100.0)
     with pytest.raises(PipelineError, match="positive"):

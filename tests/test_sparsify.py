@@ -201,6 +201,13 @@ def test_sensitivity_file_resumes_and_refuses_another_model(tmp_path: Path) -> N
         read_layer_sensitivity(path, target_weights(other))
     with pytest.raises(SparsityError, match="other settings"):
         measure_layer_sensitivity(model, weights, metric, levels=(0.5,), path=path)
+    # a file edited by hand: the layer is named, no internal error
+    for damage in ({"points": [["x", 1]]}, {}, {"points": [[1.5, 0.1]]}):
+        data = json.loads(path.read_text())
+        data["layers"]["3.weight"] = {**data["layers"]["3.weight"], "points": None, **damage}
+        path.write_text(json.dumps(data))
+        with pytest.raises(SparsityError, match=r"is damaged: layer 3\.weight needs points"):
+            read_layer_sensitivity(path, weights)
 
 
 # --- the verb ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the planners' file checks can use it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,45 @@ def read_json(path: Any, error: type[Exception], what: str = "") -> Any:
 
 
 def read_yaml(path: Any, error: type[Exception], what: str = "", kind: str = "YAML") -> Any:
-    """The YAML (or JSON, a subset) in ``path``; a missing or unreadable file and bad syntax
-    raise ``error`` in one line (``what``: how the file is named in it, e.g. "the cost file ")."""
+    """The YAML (or JSON, a subset) in ``path``; a missing or unreadable file, text that is
+    not UTF-8, bad syntax and a key given twice in one mapping (YAML would keep the last
+    silently: ``budget_ms: 5`` then ``budget_ms: 0.001``) raise ``error`` in one line
+    (``what``: how the file is named in it, e.g. "the cost file ")."""
     import yaml
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what}{path} is not UTF-8 text (a {kind} file was expected)") from None
     except OSError as exc:
         raise error(f"cannot read {what}{path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())
+    except yaml.MarkedYAMLError as exc:  # one line: the problem and where
+        mark = exc.problem_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise error(f"{path} is not valid {kind}: {exc.problem or exc.context}{at}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path} is not valid {kind}: {exc}") from None
+
+
+@functools.cache
+def _unique_key_loader() -> Any:
+    """yaml's SafeLoader, refusing a key given twice in one mapping (built on first use: yaml
+    is imported only when a file is read)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice in one mapping",
+                        key_node.start_mark)  # fmt: skip
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader

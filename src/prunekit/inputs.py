@@ -222,15 +222,18 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
-    """Parse ``"1,32"`` into ``[1, 32]``; every value must be a positive integer."""
+    """Parse ``"1,32"`` into ``[1, 32]``; every value must be a positive integer, given once
+    (``1,,32`` is a typo, and ``1,1`` would measure the same thing twice)."""
     try:
-        values = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
+        values = [int(p) for p in text.replace(" ", "").split(",")]
     except ValueError:
         raise InputSpecError(
             f"cannot parse {what} {text!r}: expected comma-separated positive integers such as 1,32"
         ) from None
     if not values or any(v <= 0 for v in values):
         raise InputSpecError(f"{what} {text!r} must be positive integers, such as 1,32")
+    if len(set(values)) != len(values):
+        raise InputSpecError(f"{what} {text!r} repeats a value; give each once, such as 1,32")
     return values
 
 

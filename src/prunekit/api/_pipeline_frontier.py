@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import nn
 
+from prunekit._outputs import write_file_atomic
+from prunekit.errors import OutputPathError
 from prunekit.measure.latency import TimingPolicy
 
 # per option, rounds x one short timing: the options differ by far more than this resolves
@@ -89,7 +91,7 @@ def measure_options(
                 uniform_model, f.model, f.example, ratio, f.round_to
             )
         settings = _settings(spec, stage.name, f)
-        path = cache / f"{stage.name}.options.json" if cache else None
+        path = cache / CACHE_FILES["options"].format(stage.name) if cache else None
         known = load_cached(path, settings, "ms", lambda stored: {**stored, **_where(stored)})
         todo = [k for k in makers if k not in known["ms"]]
         if todo:
@@ -98,8 +100,8 @@ def measure_options(
             )
         for start in range(0, len(todo), CHUNK):
             keys = todo[start : start + CHUNK]
-            variants = {"dense": [(stage.name, f.model, f.example)]}
-            variants.update({f"o{i}": [(stage.name, makers[k](), f.example)]
+            variants = {"dense": [(stage.name, f.model, f.timing_example)]}
+            variants.update({f"o{i}": [(stage.name, makers[k](), f.timing_example)]
                              for i, k in enumerate(keys)})  # fmt: skip
             timed = measure_pipelines(variants, rounds=OPTION_ROUNDS, threads=spec.get("threads"),
                                       device=spec.get("device", "cpu"), policy=OPTION_POLICY,
@@ -110,8 +112,7 @@ def measure_options(
             # chunks timed minutes apart: each option relative to its own chunk's dense stage
             for i, k in enumerate(keys):
                 known["ms"][k] = timed[f"o{i}"]["total_ms"] * known["dense_ms"] / dense
-            if path is not None:
-                path.write_text(json.dumps(known, indent=1) + "\n")
+            save_cached(path, known)
         dense_ms = float(known["dense_ms"]) if known["ms"] else float(stage.dense_ms)
         point_ms = {i: known["ms"][keep_key(p.plan.keep, p.plan.drop_blocks)]
                     for i, p in enumerate(stage.points) if p.plan is not None}  # fmt: skip
@@ -139,19 +140,55 @@ def _where(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: default if spec.get(k) is None else spec[k] for k, default in WHERE_DEFAULTS.items()}
 
 
+# the cache files a pipeline run writes beside the tables and sensitivities, per stage
+CACHE_FILES = {"options": "{}.options.json", "losses": "{}.losses.json"}
+
+
+def cache_kind(path: Path) -> str:
+    """The format a cache file records: ``prunekit-pipeline-options`` for ``NAME.options.json``."""
+    return "prunekit-pipeline-" + path.name.removesuffix(".json").rpartition(".")[2]
+
+
+def check_cache_files(cache: Path, names: list[str]) -> None:
+    """Refuse, before any work, a file in ``cache`` where a stage's cache file goes that
+    prunekit did not write (it would be replaced)."""
+    for name in names:
+        for pattern in CACHE_FILES.values():
+            load_cached(cache / pattern.format(name), {}, "checked")
+
+
 def load_cached(path: Path | None, settings: dict[str, Any], field: str,
                 normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                 ) -> dict[str, Any]:  # fmt: skip
-    """The cache file ``{"settings": ..., field: {...}}`` when its settings (``normalize``d)
-    are these, else an empty one (a stale file is ours: remade)."""
-    if path is not None and path.is_file():
-        try:
-            known = json.loads(path.read_text())
-        except (OSError, ValueError):
-            known = None
-        stored = known.get("settings") if isinstance(known, dict) else None
-        if isinstance(stored, dict) and (normalize(stored) if normalize else stored) == json.loads(
-            json.dumps(settings)
-        ):
-            return known
-    return {"settings": settings, field: {}}
+    """The cache file ``{"format": ..., "settings": ..., field: {...}}`` when its settings
+    (``normalize``d) are these, else an empty one (a stale file of ours is remade). A file
+    there that prunekit did not write is refused: ``save_cached`` would replace it."""
+    kind = cache_kind(path) if path is not None else ""
+    fresh = {"format": kind, "settings": settings, field: {}}
+    if path is None or not path.exists():
+        return fresh
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = None
+    # files of earlier versions carry no format, only the settings and the field
+    ours = isinstance(known, dict) and (known.get("format") == kind or (
+        "format" not in known and isinstance(known.get("settings"), dict)))  # fmt: skip
+    if not ours:
+        raise OutputPathError(f"refusing to replace {path}: it is not a prunekit pipeline cache "
+                          f"file (move it, or point cache: at another folder)")  # fmt: skip
+    assert isinstance(known, dict)
+    stored = known.get("settings")
+    if isinstance(stored, dict) and (normalize(stored) if normalize else stored) == json.loads(
+        json.dumps(settings)
+    ):
+        return {**known, "format": kind}
+    return fresh
+
+
+def save_cached(path: Path | None, known: dict[str, Any]) -> None:
+    """Write a cache file made by ``load_cached`` (atomically: an interrupt mid-write leaves
+    the previous file, never half of one)."""
+    if path is not None:
+        text = json.dumps(known, indent=1) + "\n"
+        write_file_atomic(path, lambda f: f.write(text))

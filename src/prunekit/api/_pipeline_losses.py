@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.api._pipeline_frontier import load_cached, planned_model
+from prunekit.api._pipeline_frontier import CACHE_FILES, load_cached, planned_model, save_cached
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -49,7 +48,7 @@ def measure_losses(frontiers: list[Any], facts: dict[str, Any], spec: dict[str, 
         f = facts[stage.name]
         stage_spec = next(s for s in spec["stages"] if s["name"] == stage.name)
         settings = _settings(stage_spec, f)
-        path = cache / f"{stage.name}.losses.json" if cache else None
+        path = cache / CACHE_FILES["losses"].format(stage.name) if cache else None
         known = load_cached(path, settings, "loss")
         keys = {id(p): keep_key(p.plan.keep, p.plan.drop_blocks) for p in stage.points
                 if p.plan is not None}  # fmt: skip
@@ -62,8 +61,7 @@ def measure_losses(frontiers: list[Any], facts: dict[str, Any], spec: dict[str, 
             key = keys.get(id(p))
             if key is not None and key not in known["loss"]:
                 known["loss"][key] = float(f.fit_drop(planned_model(f, p.plan).to(device)))
-                if path is not None:  # as it goes: an interrupted run keeps what it measured
-                    path.write_text(json.dumps(known, indent=1) + "\n")
+                save_cached(path, known)  # as it goes: an interrupted run keeps what it measured
         points = [p if p.plan is None else dataclasses.replace(p, loss=known["loss"][keys[id(p)]])
                   for p in stage.points]  # fmt: skip
         out.append(Stage(stage.name, stage.weight, stage.dense_ms,

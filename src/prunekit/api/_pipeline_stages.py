@@ -15,6 +15,7 @@ from prunekit.api._pipeline_recovery import first_output
 from prunekit.api._pipeline_spec import PipelineSpecError
 from prunekit.errors import DataError
 from prunekit.evaluate.tasks import TaskDrop, TaskMetric, check_labels, task_metric
+from prunekit.inputs import parse_shape
 
 
 @dataclass
@@ -36,6 +37,12 @@ class StageFacts:
     round_to: int = 1  # the plan's channel multiple; the uniform baseline rounds alike
     # model -> drop on fit items, as the sensitivity measured it (losses: measured)
     fit_drop: Any = None
+    # the inputs the stage is timed on: the example at the pipeline's batch_size
+    timed: Any = None
+
+    @property
+    def timing_example(self) -> Any:
+        return self.example if self.timed is None else self.timed
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -120,8 +127,10 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
     backend, dtype = str(spec.get("backend", "eager")), str(spec.get("dtype", "float32"))
     batch = int(spec.get("batch_size", 1))
     shape = stage.get("input_shape")
-    loaded = pk.load(stage["model"], input_shapes=[tuple(int(s) for s in str(shape).split(","))]
-                     if shape else None, model_kwargs=stage.get("model_kwargs"),
+    if isinstance(shape, list):  # input_shape: [1, 3, 128, 128] as well as 1,3,128,128
+        shape = ",".join(map(str, shape))
+    loaded = pk.load(stage["model"], input_shapes=[parse_shape(shape)] if shape else None,
+                     model_kwargs=stage.get("model_kwargs"),
                      trust_code=bool(stage.get("trust_code", False)))  # fmt: skip
     model = loaded.model.eval()
     example = loaded.input_spec.make(1)
@@ -185,4 +194,5 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
         fit_drop = OutputDivergence(model, batches)
     return frontier, StageFacts(loaded=loaded, model=model, example=example, sens=sens, lut=lut,
                                 sizes=sizes, metric=metric, round_to=round_to,
-                                fit_drop=fit_drop, **inputs)  # fmt: skip
+                                fit_drop=fit_drop, timed=loaded.input_spec.make(batch),
+                                **inputs)  # fmt: skip

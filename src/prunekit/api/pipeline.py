@@ -36,7 +36,12 @@ from typing import Any
 
 import torch
 
-from prunekit.api._pipeline_frontier import planned_model, uniform_model, uniform_table_keep
+from prunekit.api._pipeline_frontier import (
+    check_cache_files,
+    planned_model,
+    uniform_model,
+    uniform_table_keep,
+)
 from prunekit.api._pipeline_recovery import pruned, recover_stage
 from prunekit.api._pipeline_spec import PipelineSpecError, parse_pipeline
 from prunekit.api._pipeline_stages import StageFacts, first_tensor, prepare_stage
@@ -79,7 +84,7 @@ class _Run:
         self.device, self.threads = spec.get("device", "cpu"), spec.get("threads")
         self.backend = str(spec.get("backend", "eager"))
         self.dtype = str(spec.get("dtype", "float32"))
-        self.cache = Path(spec["cache"]) if spec.get("cache") else None
+        self.cache = Path(spec["cache"]).expanduser() if spec.get("cache") else None
         self.timings = {"sensitivity_s": 0.0, "tables_s": 0.0, "frontiers_s": 0.0}
         self.facts: dict[str, StageFacts] = {}
         self.models: dict[str, dict[str, torch.nn.Module]] = {}
@@ -91,7 +96,7 @@ class _Run:
                 rounds: int | None = None) -> dict[str, Any]:  # fmt: skip
         from prunekit.planning.pipeline import measure_pipelines
 
-        timed = {v: [(n, m, self.facts[n].example) for n, m in ms.items()]
+        timed = {v: [(n, m, self.facts[n].timing_example) for n, m in ms.items()]
                  for v, ms in variants.items()}  # fmt: skip
         return measure_pipelines(timed, rounds=rounds or int(self.spec.get("rounds", 5)),
                                  threads=self.threads, device=self.device, backend=self.backend,
@@ -102,6 +107,7 @@ class _Run:
 
         if self.cache is not None:
             self.cache.mkdir(parents=True, exist_ok=True)
+            check_cache_files(self.cache, [s["name"] for s in self.spec["stages"]])
         stages = []
         for stage in self.spec["stages"]:
             frontier, self.facts[stage["name"]] = prepare_stage(stage, self.spec, self.cache,
@@ -136,7 +142,7 @@ class _Run:
         self.say(f"budget {budget_ms:.3f} ms per frame (dense pipeline {dense_total:.3f} ms "
                  f"measured, {predicted_dense:.3f} ms predicted)")  # fmt: skip
         clock = time.perf_counter()
-        plan = allocate(stages, budget_pred)
+        plan = allocate(stages, budget_pred, shown_scale=dense_total / predicted_dense)
         ratio, _, uniform_meets = uniform_ratio(
             {n: (f.sizes, self.tables[n], f.round_to) for n, f in self.facts.items()}, budget_pred,
             ratios=self.ratios)  # fmt: skip

@@ -104,6 +104,26 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     )
 
 
+def check_forward(loaded: LoadedModel) -> None:
+    """One forward pass on the example inputs, a failure said as ``analyze`` says it (a
+    wrong --input-shape is the user's to fix, not an internal error)."""
+    import torch
+
+    from prunekit._utils import describe_exception
+    from prunekit.errors import ModelForwardError
+
+    example = loaded.input_spec.make(1)
+    try:
+        with torch.no_grad():
+            loaded.model.eval()(*example.args, **example.kwargs)
+    except Exception as exc:
+        raise ModelForwardError(
+            f"{loaded.name}: the forward pass failed on inputs {example.describe()}: "
+            f"{describe_exception(exc)} (input: {loaded.input_note}); pass --input-shape with "
+            "the shape the model expects"
+        ) from None
+
+
 def check_threads(threads: int | None) -> None:
     """``--threads``: positive; more than the machine's cores is allowed, with a note (the
     timings then measure oversubscription, not the model)."""

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunekit.cli._common import add_debug, add_model_arguments, load_from_args, print_json, say
+from prunekit.cli._common import (
+    add_debug,
+    add_model_arguments,
+    check_forward,
+    load_from_args,
+    print_json,
+    say,
+)
 
 COMMAND = "prunekit export"
 FORMATS = ("onnx", "torchscript", "safetensors")  # prunekit.artifact.export.FORMATS
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_from_args(args)
     spec = loaded.input_spec
+    check_forward(loaded)
     say(f"{loaded.name}: input {spec.describe()} ({loaded.input_note})")
     dynamic = args.dynamic_batch
     if args.format != "safetensors" and export.takes_lists(spec):

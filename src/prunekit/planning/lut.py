@@ -106,6 +106,8 @@ QUICK_POLICY = TimingPolicy(
     target_rel_ci=0.03,
 )  # fmt: skip
 DRIFT_WARNING = 0.05  # dense latency at the end differs from the start by more than 5%
+# a prediction is never below this share of the dense time (the additive sum can go below 0)
+PREDICT_FLOOR = 0.05
 
 Log = Callable[[str], None]
 
@@ -219,7 +221,7 @@ class LatencyTable:
         """Predicted latency (ms) with each named group cut to ``kept[name]`` channels and the
         residual blocks ``dropped`` without their branch; groups not mentioned stay dense.
         Additive: ``base + sum_g (T_g(kept_g) - base) + sum_b (T_b - base)`` (see the module
-        docstring for what that assumes). A group that was not profiled (``skipped``) may be
+        docstring for what that assumes), never below ``PREDICT_FLOOR`` of the dense time. A group that was not profiled (``skipped``) may be
         named only at its full size."""
         total = self.base_ms
         for name in dropped:
@@ -234,7 +236,9 @@ class LatencyTable:
             if name not in self.groups and skipped is not None and k == skipped.size:
                 continue
             total += self.group(name).at(k) - self.base_ms
-        return total
+        # the sum of savings measured one group at a time can exceed the dense time on a small
+        # model, where fixed per-layer costs are most of it: never predict below a floor
+        return max(total, PREDICT_FLOOR * self.base_ms)
 
     # ---------------------------------------------------------------- identity
 

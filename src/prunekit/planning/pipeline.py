@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunekit.errors import PrunekitError
+from prunekit.planning.lut import PREDICT_FLOOR
 
 # latency targets per stage, as fractions of its dense predicted latency
 LADDER = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
@@ -159,9 +160,11 @@ def stage_frontier(
     return stage
 
 
-def allocate(stages: Sequence[Stage], budget_ms: float) -> Allocation:
+def allocate(stages: Sequence[Stage], budget_ms: float, *, shown_scale: float = 1.0) -> Allocation:
     """The least weighted loss over one point per stage with the predicted latencies summing
-    to at most ``budget_ms`` (exact over the stages' points)."""
+    to at most ``budget_ms`` (exact over the stages' points). ``shown_scale``: what turns
+    these ms into the ms the user gave (tables predict in their own scale), for the message
+    of a budget that cannot be met."""
     if not stages:
         raise PipelineError("a pipeline needs at least one stage")
     if not (math.isfinite(budget_ms) and budget_ms > 0):
@@ -171,12 +174,13 @@ def allocate(stages: Sequence[Stage], budget_ms: float) -> Allocation:
         raise PipelineError(f"stage names must be unique, got {names}")
     fastest = sum(s.fastest.ms for s in stages)
     if fastest > budget_ms:
-        per_stage = ", ".join(f"{s.name} {s.fastest.ms:.3g} ms" for s in stages)
+        k = shown_scale
+        per_stage = ", ".join(f"{s.name} {s.fastest.ms * k:.3g} ms" for s in stages)
         raise PipelineError(
-            f"the budget of {budget_ms:g} ms cannot be met: at the smallest widths planned the "
-            f"stages still take {fastest:.4g} ms ({per_stage}), {fastest - budget_ms:.3g} ms "
-            "over; relax the budget or let the stages prune further (sensitivity ratios, "
-            "latency tables to smaller widths)"
+            f"the budget of {budget_ms * k:.4g} ms cannot be met: at the smallest widths "
+            f"planned the stages still take {fastest * k:.4g} ms ({per_stage}), "
+            f"{(fastest - budget_ms) * k:.3g} ms over; relax the budget or let the stages "
+            "prune further (sensitivity ratios, latency tables to smaller widths)"
         )
     # partial pipelines: (ms, weighted loss, choices), kept Pareto and within the budget
     partial: list[tuple[float, float, tuple[StagePoint, ...]]] = [(0.0, 0.0, ())]
@@ -274,7 +278,8 @@ class CorrectedTable:
 
     def predict(self, kept: Mapping[str, float], dropped: Sequence[str] = ()) -> float:
         saving = float(self.lut.predict({})) - float(self.lut.predict(kept, dropped=dropped))
-        return self.dense_measured - self.efficiency * saving * self.scale
+        corrected = self.dense_measured - self.efficiency * saving * self.scale
+        return max(corrected, PREDICT_FLOOR * self.dense_measured)  # as the table's own floor
 
 
 def uniform_keep(sizes: Mapping[str, int], ratio: float, round_to: int = 1,

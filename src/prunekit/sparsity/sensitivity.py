@@ -80,8 +80,19 @@ def _check_model(data: Mapping[str, Any], weights: Mapping[str, Tensor], path: P
     )
 
 
-def _curve(entry: Mapping[str, Any]) -> dict[float, float]:
-    return {float(level): float(drop) for level, drop in entry["points"]}
+def _curve(entry: Any, name: str, path: Path | None) -> dict[float, float]:
+    """A layer's [[level, drop], ...] as read from the file, checked: a file edited by hand
+    is refused naming the layer, not met by an internal error."""
+    points = entry.get("points") if isinstance(entry, Mapping) else None
+    try:
+        curve = {float(level): float(drop) for level, drop in points}  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        curve = {}
+    if not curve or not all(0.0 < level < 1.0 and math.isfinite(drop)
+                            for level, drop in curve.items()):  # fmt: skip
+        raise SparsityError(f"sensitivity file {path} is damaged: layer {name} needs points "
+                            "[[level in (0, 1), drop], ...]; measure it again")  # fmt: skip
+    return curve
 
 
 def read_layer_sensitivity(path: str | Path, weights: Mapping[str, Tensor]) -> Curves:
@@ -97,7 +108,7 @@ def read_layer_sensitivity(path: str | Path, weights: Mapping[str, Tensor]) -> C
             f"sensitivity file {path} is incomplete ({len(missing)} of {len(weights)} layers not "
             "measured yet); give --data to finish measuring it"
         )
-    return {name: _curve(data["layers"][name]) for name in weights}
+    return {name: _curve(data["layers"][name], name, path) for name in weights}
 
 
 def measure_layer_sensitivity(
@@ -169,4 +180,4 @@ def measure_layer_sensitivity(
                 log(f"sensitivity {index}/{len(todo)}: {name} drop at {levels[-1]:g}: {worst:.4g}")
     finally:
         model.train(was_training)
-    return {name: _curve(data["layers"][name]) for name in weights}
+    return {name: _curve(data["layers"][name], name, file) for name in weights}
