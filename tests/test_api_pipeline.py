@@ -405,7 +405,10 @@ def test_task_metrics_are_scored_on_held_out_scenes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) -> None:
+def test_budgets_no_widths_reach_and_foreign_tables_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prunekit as pk
     from prunekit.api.pipeline import run_pipeline
     from prunekit.planning.lut import TableMismatchError
     from prunekit.planning.pipeline import PipelineError
@@ -420,8 +423,18 @@ def test_budgets_no_widths_reach_and_foreign_tables_are_refused(tmp_path: Path) 
         run_pipeline(spec, tmp_path / "a")
     assert not (tmp_path / "a").exists()
     other = {**_spec(), "stages": [_stage("detect", 0.5, lut=tables["depth"])]}
-    with pytest.raises(TableMismatchError):
+    sensitivities: list[str] = []
+    real = pk.sensitivity
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        sensitivities.append("run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pk, "sensitivity", counting)
+    with pytest.raises(TableMismatchError, match=r"^stage detect: "):
         run_pipeline(other, tmp_path / "c")
+    monkeypatch.undo()
+    assert not sensitivities  # refused before the sensitivity ran
     gpu_table = json.loads(Path(tables["detect"]).read_text())
     gpu_table["device"].update(type="cuda", name="NVIDIA Jetson Orin")
     Path(tables["detect"]).write_text(json.dumps(gpu_table))

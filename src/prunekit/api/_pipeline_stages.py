@@ -119,7 +119,7 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
     import prunekit as pk
     from prunekit.graph import trace_channels
     from prunekit.measure.latency import TimingPolicy
-    from prunekit.planning.lut import LatencyTable, profile_latency
+    from prunekit.planning.lut import LatencyTable, TableMismatchError, profile_latency
     from prunekit.planning.pipeline import MACS_LADDER, stage_frontier
 
     name = stage["name"]
@@ -139,6 +139,17 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
     except Exception as exc:
         raise PipelineSpecError(f"stage {name}: its model cannot be traced for pruning "
                                 f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+    # a table made on the target is checked before the sensitivity's minutes are spent
+    cached = cache / f"{name}.lut.json" if cache else None
+    table_file = stage.get("lut") or (cached if cached and cached.is_file() else None)
+    lut = None
+    if table_file:
+        lut = LatencyTable.load(table_file)
+        try:
+            lut.check_model(model, example, graph, batch_size=batch)
+        except TableMismatchError as exc:
+            raise TableMismatchError(f"stage {name}: {exc}") from None
+        check_table_device(name, table_file, lut, device, backend, dtype)
     inputs = stage_inputs(stage, loaded, int(spec.get("metric_samples", 64)))
     metric = stage_metric(stage, inputs)
     config = pk.SensitivityConfig.from_dict(stage.get("sensitivity") or {})
@@ -157,13 +168,7 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
     # dropping whole residual blocks (where the sensitivity measured them) is what buys
     # latency on small inputs, where per-layer overheads outweigh the channels' MACs
     blocks = bool((stage.get("plan") or {}).get("blocks", config.blocks))
-    cached = cache / f"{name}.lut.json" if cache else None
-    table_file = stage.get("lut") or (cached if cached and cached.is_file() else None)
-    if table_file:
-        lut = LatencyTable.load(table_file)
-        lut.check_model(model, example, graph, batch_size=batch)
-        check_table_device(name, table_file, lut, device, backend, dtype)
-    else:
+    if lut is None:
         say(f"{name}: latency table ({device}, batch {batch})")
         lut = profile_latency(model, example, graph, device=device, batch_size=batch,
                               threads=threads, model_name=stage["model"], blocks=blocks,
