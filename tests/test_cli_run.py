@@ -140,6 +140,46 @@ def test_a_rerun_skips_unchanged_steps_and_redoes_changed_ones(tmp_path: Path, c
             ),
             "unknown step 'teleport'",
         ),
+        # wrong types, refused before anything runs (bool("false") is true; int("abc") fails)
+        (
+            ("task: classification", 'task: classification\ntrust_code: "false"'),
+            "trust_code must be true or false, got 'false'",
+        ),
+        (
+            ("plan: {round_to: 4}", 'plan: {round_to: 4, blocks: "false"}'),
+            "plan: blocks must be true or false, got 'false'",
+        ),
+        (
+            ("task: classification", "task: classification\nseed: abc"),
+            "seed must be an integer, got 'abc'",
+        ),
+        (
+            ("model_kwargs: {width: 0.25}", "model_kwargs: [1, 2]"),
+            "model_kwargs: expected a mapping",
+        ),
+        (
+            ("task: classification", "task: classification\neval_fraction: 0"),
+            r"eval_fraction must be a number in \(0, 1\)",
+        ),
+        (("input_shape: 1,1,8,8", "input_shape: 1,1,abc"), "input_shape: cannot parse"),
+        (("ratios: [0.5]", "ratios: 0.5"), "sensitivity: ratios must be a list"),
+        (
+            ("plan: {round_to: 4}", "plan: {round_to: 4, protect: features.1}"),
+            "plan: protect must be a list",
+        ),
+        # the verify and prune settings: checked before the steps before them run
+        (("threads: 1,", 'threads: "1",'), "verify: threads must be a positive integer"),
+        (("batch_sizes: [1]", 'batch_sizes: "1,2"'), "verify: batch_sizes must be a list"),
+        (("rounds: 1}", "rounds: 1, backend: foo}"), "verify: unknown backend"),
+        (
+            ("plan: {round_to: 4}", "plan: {round_to: 4}\nprune: {importance: bogus}"),
+            "prune: importance must be one of",
+        ),
+        (("target: macs=0.6", "target: latency_ms=5"), "target: latency_ms needs a latency table"),
+        (
+            ("plan: {round_to: 4}", "plan: {round_to: 4}\nprune: {ignore: features.0}"),
+            r"^prunekit run: error: \S+: prune: ignore must be a list",
+        ),
     ],
 )
 def test_recipes_that_cannot_work_are_refused_in_one_line(
@@ -155,13 +195,40 @@ def test_recipes_that_cannot_work_are_refused_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_run_dir_with_foreign_files_is_refused(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "notes.txt").write_text("mine")
-    result = cli("run", _write(tmp_path, RECIPE), "--out", str(tmp_path / "out"))
-    assert result.code == 1 and "notes.txt" in result.err
-    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+@pytest.mark.parametrize("mine", ["notes.txt", "run.json", "finetune.checkpoint/notes.txt"])
+def test_a_run_dir_with_foreign_files_is_refused(tmp_path: Path, cli, mine: str) -> None:  # type: ignore[no-untyped-def]
+    """A user's file is never replaced or deleted: also one named like prunekit's run.json,
+    or kept in a folder named like a step's checkpoint."""
+    out = tmp_path / "out"
+    (out / mine).parent.mkdir(parents=True)
+    (out / mine).write_text('{"my": "log"}')
+    result = cli("run", _write(tmp_path, RECIPE), "--out", str(out))
+    assert result.code == 1 and mine.split("/")[0] in result.err
+    assert (out / mine).read_text() == '{"my": "log"}'
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [mine]
+
+
+def test_a_checkpoint_is_resumed_only_for_the_inputs_it_was_trained_from(tmp_path: Path) -> None:
+    """The prune step was redone differently (its digest changed): the fine-tune's checkpoint
+    of the old pruned model is deleted, never resumed; the same inputs resume."""
+    from types import SimpleNamespace
+
+    from prunekit.api.run import _checkpoint
+    from prunekit.errors import OutputPathError
+
+    said: list[str] = []
+    state = SimpleNamespace(run_dir=tmp_path, say=said.append)
+    path, resume = _checkpoint(state, "finetune", "digest-a")  # type: ignore[arg-type]
+    assert not resume
+    (path / "last.pt").write_bytes(b"weights of the model pruned with l1")
+    assert _checkpoint(state, "finetune", "digest-a")[1] is True  # type: ignore[arg-type]
+    path, resume = _checkpoint(state, "finetune", "digest-b")  # type: ignore[arg-type]
+    assert not resume and not (path / "last.pt").exists()
+    assert "trained from other inputs; starting over" in said[-1]
+    (path / "notes.txt").write_text("mine")  # not a checkpoint file: never deleted
+    with pytest.raises(OutputPathError, match="holds files prunekit did not write"):
+        _checkpoint(state, "finetune", "digest-c")  # type: ignore[arg-type]
+    assert (path / "notes.txt").read_text() == "mine"
 
 
 FINETUNE_RECIPE = """\

@@ -49,8 +49,27 @@ class VerbConfig:
                 f"{where or cls.__name__}: unknown setting {', '.join(hints)}; known: "
                 f"{', '.join(names)}"
             )
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for key, value in data.items():
+            _check_kind(value, kinds[key], f"{where or cls.__name__}: {key}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a wrong type the config's checks did not expect
+            raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def _check_kind(value: Any, kind: str, name: str) -> None:
+    """What a recipe's plain data can get wrong before the config's own checks: a string
+    for a switch (``"false"`` is true to ``bool``) or for a list (``"features.0"`` would
+    become its characters)."""
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind.startswith("tuple") and not isinstance(value, (list, tuple)) and \
+            not kind.endswith("| None") and not kind.startswith("tuple[int, int]"):  # fmt: skip
+        raise ConfigError(f"{name} must be a list, such as [a, b], got {value!r}")
 
 
 def positive_int(value: Any, name: str, *, optional: bool = False) -> None:

@@ -23,6 +23,8 @@ from torch import nn
 
 from prunekit.api._config import ConfigError
 from prunekit.api.evaluation import evaluate, model_sizes
+from prunekit.errors import PrunekitError
+from prunekit.recovery._checkpoint import INPUTS_FILE, is_checkpoint_dir, remove_checkpoint_dir
 
 STEPS = ("train", "baseline", "sensitivity", "plan", "prune", "finetune", "verify", "evaluate")
 TOP_KEYS = {
@@ -32,6 +34,7 @@ TOP_KEYS = {
 }  # fmt: skip
 COMMAND = "prunekit run"
 RUN_FILE = "run.json"
+RUN_FORMAT = "prunekit-run"
 STEP_FILE = "step.json"
 VERIFY_KEYS = {"backend", "batch_sizes", "threads", "rounds", "device"}
 PRUNE_KEYS = {"importance", "round_to", "ignore"}
@@ -72,6 +75,7 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
     import difflib
 
     from prunekit.api.planning import PlanConfig, SensitivityConfig
+    from prunekit.api.prune import TargetPruning
     from prunekit.api.recover import RecoverConfig
 
     if not isinstance(data, dict):
@@ -123,8 +127,15 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
             checks[step].from_dict(section, where=f"{where}: {step}")
         elif step == "verify":
             _known(section, VERIFY_KEYS, f"{where}: verify")
+            _check_verify(section, f"{where}: verify")
         elif step == "prune":
             _known(section, PRUNE_KEYS, f"{where}: prune")
+            try:
+                TargetPruning.from_dict(section, where=f"{where}: prune")
+            except ConfigError as exc:  # the config's own checks do not name the section
+                said = str(exc)
+                raise RecipeError(said if said.startswith(where) else f"{where}: prune: {said}"
+                                  ) from None  # fmt: skip
         elif section:
             raise RecipeError(f"{where}: {step}: takes no settings, got {', '.join(section)}")
         sections[step] = section
@@ -136,6 +147,11 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
             Target.parse(str(target))
         except Exception as exc:
             raise RecipeError(f"{where}: target: {exc}") from None
+    if target is not None and str(target).replace(" ", "").startswith("latency_ms="):
+        raise RecipeError(f"{where}: target: latency_ms needs a latency table measured on the "
+                          "target, which a recipe does not take: plan with prunekit plan "
+                          "--lut (prunekit profile makes one), or use macs=, params= or bytes=")  # fmt: skip
+    _check_top(data, where)
     task = data.get("task", "classification")
     if task not in ("classification", "segmentation"):
         raise RecipeError(f"{where}: task: must be classification or segmentation, got {task!r}")
@@ -144,10 +160,59 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
         model=data["model"], data=data["data"], steps=tuple(steps), task=task,
         target=str(target) if target is not None else None,
         input_shape=None if shape is None else str(shape).replace(" ", ""),
-        model_kwargs=dict(data.get("model_kwargs") or {}),
-        trust_code=bool(data.get("trust_code", False)), seed=int(data.get("seed", 0)),
+        model_kwargs=dict(data.get("model_kwargs") or {}),  # a mapping: _check_top
+        trust_code=data.get("trust_code", False), seed=data.get("seed", 0),
         eval_fraction=data.get("eval_fraction"), sections=sections,
     )  # fmt: skip
+
+
+def _check_top(data: dict[str, Any], where: str) -> None:
+    """The top-level values' types, before anything runs (``bool("false")`` is true, and
+    ``int("abc")`` an internal error)."""
+    from prunekit.inputs import parse_shape
+
+    if not isinstance(data.get("trust_code", False), bool):
+        raise RecipeError(f"{where}: trust_code must be true or false, got {data['trust_code']!r}")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RecipeError(f"{where}: seed must be an integer, got {seed!r}")
+    if not isinstance(data.get("model_kwargs") or {}, dict):
+        raise RecipeError(f"{where}: model_kwargs: expected a mapping of keyword arguments, "
+                          f"got {data['model_kwargs']!r}")  # fmt: skip
+    fraction = data.get("eval_fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction < 1):  # fmt: skip
+        raise RecipeError(f"{where}: eval_fraction must be a number in (0, 1), got {fraction!r}")
+    shape = data.get("input_shape")
+    if shape is not None:
+        try:
+            parse_shape(",".join(map(str, shape)) if isinstance(shape, list) else str(shape))
+        except PrunekitError as exc:
+            raise RecipeError(f"{where}: input_shape: {exc}") from None
+
+
+def _check_verify(section: dict[str, Any], where: str) -> None:
+    """The verify step's settings, before the steps before it spend their time."""
+    from prunekit.measure.backends import backend_class
+
+    sizes = section.get("batch_sizes", [1, 32])
+    if not isinstance(sizes, list) or not sizes or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes) \
+            or len(set(sizes)) != len(sizes):  # fmt: skip
+        raise RecipeError(f"{where}: batch_sizes must be a list of distinct positive integers "
+                          f"such as [1, 32], got {sizes!r}")  # fmt: skip
+    for key in ("threads", "rounds"):
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):  # fmt: skip
+            raise RecipeError(f"{where}: {key} must be a positive integer, got {value!r}")
+    device = section.get("device", "cpu")
+    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
+        raise RecipeError(f"{where}: device must be cpu or cuda (cuda:N), got {device!r}")
+    try:
+        backend_class(section.get("backend", "eager"))
+    except PrunekitError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
 
 
 def _known(section: dict[str, Any], keys: set[str], where: str) -> None:
@@ -167,7 +232,7 @@ def _requires(steps: list[str], where: str, data: dict[str, Any]) -> None:
             f"{where}: step plan needs a target: (macs=, params=, bytes=, latency_ms=)"
         )
     if "prune" in has and "plan" not in has:
-        target = str(data.get("target") or "")
+        target = str(data.get("target") or "").replace(" ", "")
         if not target.startswith("macs="):
             raise RecipeError(
                 f"{where}: step prune without plan needs target: macs=F (other budgets need the "
@@ -202,6 +267,16 @@ def _dir_digest(directory: Path) -> str:
     return _digest(record.get("files", record))
 
 
+def _own_run_file(path: Path) -> bool:
+    """A ``run.json`` this command wrote (older ones carry no format, only their keys)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("format") == RUN_FORMAT or (
+        "format" not in data and {"recipe", "dense", "final", "files"} <= set(data)))  # fmt: skip
+
+
 def check_run_dir(out: str | Path) -> Path:
     """RUN_DIR: new, empty, or a previous ``prunekit run``'s (it holds ``run.json`` or step
     directories of its own); never the working directory, a parent, home or /."""
@@ -215,9 +290,12 @@ def check_run_dir(out: str | Path) -> Path:
             raise OutputPathError(f"--out {out}: exists and is not a directory")
         foreign = []
         for entry in path.iterdir():
-            if entry.name in (RUN_FILE, "recipe.yaml") or entry.name.startswith("."):
+            if entry.name == RUN_FILE and _own_run_file(entry):
                 continue
-            if entry.name.endswith(".checkpoint") and entry.name[: -len(".checkpoint")] in STEPS:
+            if entry.name == "recipe.yaml" or entry.name.startswith("."):
+                continue
+            if (entry.name.endswith(".checkpoint") and entry.name[: -len(".checkpoint")] in STEPS
+                    and is_checkpoint_dir(entry)):  # fmt: skip
                 continue
             record = read_record(entry) if entry.is_dir() else None
             if entry.name not in STEPS or record is None or record.get("command") != COMMAND:
@@ -269,7 +347,6 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, log: Any = None,
     from prunekit.data.specs import parse_spec
 
     parse_spec(recipe.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
     state.dense = _load(recipe, recipe.model)
     state.example = state.dense.input_spec.make(1)
     state.data = pk.api.data.as_data(recipe.data, example=state.example, seed=recipe.seed,
@@ -278,6 +355,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, log: Any = None,
         raise RecipeError(
             f"task: {recipe.task}, but data {recipe.data} holds {state.data.task} data"
         )
+    run_dir.mkdir(parents=True, exist_ok=True)  # the model and data loaded: a bad one leaves none
     base_inputs = {"model": recipe.model, "input_shape": recipe.input_shape,
                    "model_kwargs": recipe.model_kwargs, "data": recipe.data, "seed": recipe.seed,
                    "eval_fraction": recipe.eval_fraction}  # fmt: skip
@@ -382,22 +460,37 @@ def _step_train(state: _State, directory: Path, digest: str) -> None:
     record: dict[str, Any] = {}
     model = state.dense.model
     bars = state.training_progress(config)
+    checkpoint, resume = _checkpoint(state, "train", digest)
     pk.recover_(model, state.data, config, example=state.example,
-                checkpoint_dir=state.run_dir / "train.checkpoint",
-                resume=(state.run_dir / "train.checkpoint" / "last.pt").is_file(),
+                checkpoint_dir=checkpoint, resume=resume,
                 record=record, on_step=bars,
                 log=state.say)  # fmt: skip
     if bars is not None:
         bars.close()
     state.record["train"] = record
     _write_step(state, directory, digest, {"train.json": record}, model, state.dense)
-    _remove_checkpoint(state.run_dir / "train.checkpoint")
+    remove_checkpoint_dir(checkpoint)
 
 
-def _remove_checkpoint(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+def _checkpoint(state: _State, step: str, digest: str) -> tuple[Path, bool]:
+    """``RUN_DIR/<step>.checkpoint`` and whether to resume from it: only a checkpoint trained
+    from this step's inputs (its digest, kept beside it) is resumed; one left by other inputs
+    (the recipe changed how the model was pruned, say) is deleted and training starts over."""
+    path = state.run_dir / f"{step}.checkpoint"
+    marker = path / INPUTS_FILE
+    try:
+        same = json.loads(marker.read_text()).get("digest") == digest
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if path.exists() and not same:
+        if (path / "last.pt").is_file():
+            state.say(
+                f"{step}: the checkpoint in {path} was trained from other inputs; starting over"
+            )
+        remove_checkpoint_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"digest": digest}) + "\n")
+    return path, (path / "last.pt").is_file()
 
 
 def _step_baseline(state: _State, directory: Path, digest: str) -> None:
@@ -465,18 +558,17 @@ def _step_finetune(state: _State, directory: Path, digest: str) -> None:
 
     pruned = _load_artifact(state, state.run_dir / "prune")
     config = pk.RecoverConfig.from_dict(state.recipe.section("finetune"), where="finetune")
-    checkpoint = state.run_dir / "finetune.checkpoint"
+    checkpoint, resume = _checkpoint(state, "finetune", digest)
     record: dict[str, Any] = {"teacher": state.dense.name}
     bars = state.training_progress(config)
     pk.recover_(pruned.model, state.data, config, teacher=state.dense.model,
-                example=state.example, checkpoint_dir=checkpoint,
-                resume=(checkpoint / "last.pt").is_file(), record=record,
+                example=state.example, checkpoint_dir=checkpoint, resume=resume, record=record,
                 on_step=bars, log=state.say)  # fmt: skip
     if bars is not None:
         bars.close()
     state.record["finetune"] = record
     _write_step(state, directory, digest, {"finetune.json": record}, pruned.model, pruned)
-    _remove_checkpoint(checkpoint)
+    remove_checkpoint_dir(checkpoint)
 
 
 def _final_dir(state: _State) -> Path:
@@ -550,6 +642,7 @@ def _summary(state: _State) -> dict[str, Any]:
                  if p.name != STEP_FILE and not p.name.startswith(".")]  # fmt: skip
         files[step] = [f"{step}/{n}" for n in names]
     return {
+        "format": RUN_FORMAT,
         "recipe": state.recipe.to_dict(),
         "dense": {"accuracy": dense_acc, "macs": dense_sizes.get("macs"),
                   "params": dense_sizes.get("params")},

@@ -73,8 +73,12 @@ def checkpoint_dir_for(out: str | Path) -> Path:
 def check_resume(checkpoint: Path, resume: bool, force: bool) -> None:
     """``--resume`` needs a checkpoint; a stale one without ``--resume`` is never silently
     trained over or deleted."""
-    from prunekit.errors import InputSpecError
+    from prunekit.errors import InputSpecError, OutputPathError
+    from prunekit.recovery._checkpoint import is_checkpoint_dir
 
+    if checkpoint.exists() and not is_checkpoint_dir(checkpoint):
+        raise OutputPathError(f"{checkpoint} holds files prunekit did not write (finetune keeps "
+                              "its checkpoint there): move them, or choose another --out")  # fmt: skip
     last = checkpoint / "last.pt"
     if resume and not last.is_file():
         raise InputSpecError(
@@ -104,13 +108,13 @@ def _device(requested: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import shutil
 
     import prunekit as pk
     from prunekit._outputs import check_output_dir
     from prunekit._progress import EpochProgress
     from prunekit.api.evaluation import evaluate, model_sizes
     from prunekit.models import load_model
+    from prunekit.recovery._checkpoint import remove_checkpoint_dir
     from prunekit.recovery.distributed import is_primary
 
     primary = is_primary()
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         record["retention"] = final[key] / dense[key] if dense[key] else None
     student.model.cpu()  # artifacts hold CPU tensors, whatever trained them
     pk.save(student.model, out, source=student, extra_files={"finetune.json": record})
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    remove_checkpoint_dir(checkpoint)
     if args.json:
         print_json(record)
         return 0

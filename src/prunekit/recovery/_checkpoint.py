@@ -26,6 +26,36 @@ from prunekit.errors import PrunekitError
 BEST_PREFIX = "best-epoch"
 
 
+# what the checkpoint was trained from (``prunekit run`` writes its step's input digest)
+INPUTS_FILE = "inputs.json"
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """Whether ``path`` holds only what the recovery engine writes (``last.pt``, best-epoch
+    files, staging and probe files, ``inputs.json``): a folder a user keeps under the same
+    name is never trained into or deleted."""
+    import fnmatch
+
+    patterns = ("last.pt", f"{BEST_PREFIX}*.pt", "*.pt.*.tmp", ".write-test-*", INPUTS_FILE)
+    return path.is_dir() and all(
+        entry.is_file() and any(fnmatch.fnmatchcase(entry.name, p) for p in patterns)
+        for entry in path.iterdir()
+    )
+
+
+def remove_checkpoint_dir(path: Path) -> None:
+    """Delete a checkpoint directory the engine wrote; anything else there is refused."""
+    import shutil
+
+    from prunekit.errors import OutputPathError
+
+    if not path.exists():
+        return
+    if not is_checkpoint_dir(path):
+        raise OutputPathError(f"refusing to delete {path}: it holds files prunekit did not write")
+    shutil.rmtree(path)
+
+
 class RecoveryError(PrunekitError):
     """Fine-tuning cannot run as asked (a bad setting, a model with nothing to train)."""
 
