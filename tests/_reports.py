@@ -43,7 +43,9 @@ def make_run(path: Path, *, dense_acc: float = 0.8, final_acc: float = 0.72,
     """A ``prunekit run`` directory: run.json, evaluate/, verify/, prune/, sensitivity/."""
     latency = [(1, 4.0, 2.5, 1.6), (32, 40.0, 20.0, 2.0)] if latency is None else latency
     run = {
-        "recipe": {"model": model, "data": "digits", "input_shape": "1,1,8,8"},
+        "recipe": {"model": model, "data": "digits", "input_shape": "1,1,8,8",
+                   "steps": [*(["sensitivity"] if sensitivity else []), "prune",
+                             *(["verify"] if latency else []), "evaluate"]},
         "dense": {"accuracy": dense_acc, "macs": macs[0], "params": params[0]},
         "final": {"accuracy": final_acc, "macs": macs[1], "params": params[1]},
         "metric": "top1", "retention": final_acc / dense_acc, "latency": [],

@@ -285,3 +285,37 @@ def test_a_killed_run_resumes_its_finetune_to_the_same_weights(tmp_path: Path) -
     b = load_file(str(out / "finetune" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not checkpoint.parent.exists()
+
+
+def test_a_data_folder_that_changed_is_measured_again(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """Images added to the data folder: the baseline is measured again (the recipe text is
+    the same), and run.json's sample count is the one the accuracy was measured on."""
+    import numpy as np
+    from PIL import Image
+
+    def images(first: int, last: int) -> None:
+        rng = np.random.default_rng(first)
+        for label in ("a", "b"):
+            (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
+            for i in range(first, last):
+                pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
+
+    recipe = _write(
+        tmp_path,
+        f"""\
+model: prunekit.nn.mobile_cnn:MobileCNN
+model_kwargs: {{width: 0.25, num_classes: 2, in_channels: 3}}
+input_shape: 1,3,8,8
+data: {tmp_path / "imgs"}
+steps: [baseline]
+""",
+    )
+    images(0, 6)
+    assert cli("run", recipe, "--out", str(tmp_path / "out")).code == 0
+    images(6, 16)
+    again = cli("run", recipe, "--out", str(tmp_path / "out"))
+    assert again.code == 0 and "baseline: running" in again.err, again.err
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    baseline = json.loads((tmp_path / "out" / "baseline" / "baseline.json").read_text())
+    assert run["data"]["eval_samples"] == baseline["eval"]["samples"] > 2

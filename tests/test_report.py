@@ -194,10 +194,26 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path: Path, cli) -
         result = cli("report", str(a), "--out", str(out), "--cost", spec)
         assert result.code == 1 and message in result.err, result.err
         assert len(result.err.strip().splitlines()) == 1
+    (a / "run.json").write_text('{"my": "log"}')  # any JSON named run.json is no run
+    result = cli("report", str(a), "--out", str(out))
+    assert result.code == 1 and "run.json is not a prunekit run record" in result.err
     (a / "run.json").write_text("{not json")
     result = cli("report", str(a), "--out", str(out))
     assert result.code == 1 and "run.json is not valid JSON" in result.err
     assert not out.exists()
+
+
+def test_a_reused_run_directory_s_old_step_outputs_are_not_read(tmp_path: Path) -> None:
+    """A rerun whose recipe dropped evaluate and verify leaves their old outputs in the
+    directory: the report reads only the steps of the run that wrote run.json."""
+    run = make_run(tmp_path / "r")
+    record = json.loads((run / "run.json").read_text())
+    record["recipe"]["steps"] = ["prune"]
+    record["final"]["accuracy"] = None
+    (run / "run.json").write_text(json.dumps(record))
+    (r,) = _report(tmp_path, run)["runs"]
+    assert r["accuracy"]["final"] is None and r["latency"] == []
+    assert "evaluate" not in json.dumps(r["files"]) and "verify" not in json.dumps(r["files"])
 
 
 def test_the_report_never_replaces_files_it_did_not_write(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -63,7 +63,8 @@ def test_a_run_directory(run_dir: Path, tmp_path: Path) -> None:
     for row, raw in zip(r["latency"], verify["rows"], strict=True):
         assert (row["dense_ms"], row["final_ms"], row["speedup"]) == (
             raw["dense_ms"], raw["pruned_ms"], raw["measured"])  # fmt: skip
-        assert isinstance(row["stable"], bool) and row["device"] == "cpu"
+        # 3 rounds: too few for a 95% interval of the median, so no verdict
+        assert row["stable"] is None and row["device"] == "cpu"
         assert row["speedup_range"][0] <= row["speedup"] <= row["speedup_range"][1]
     assert (
         r["bytes"]["deployed"]["bytes"]

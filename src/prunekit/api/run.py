@@ -358,7 +358,9 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, log: Any = None,
     run_dir.mkdir(parents=True, exist_ok=True)  # the model and data loaded: a bad one leaves none
     base_inputs = {"model": recipe.model, "input_shape": recipe.input_shape,
                    "model_kwargs": recipe.model_kwargs, "data": recipe.data, "seed": recipe.seed,
-                   "eval_fraction": recipe.eval_fraction}  # fmt: skip
+                   "eval_fraction": recipe.eval_fraction,
+                   # a data folder that gained or lost images: every step measured on it again
+                   "split": state.data.split.to_dict()}  # fmt: skip
     previous = _digest(base_inputs)
     for step in recipe.steps:
         inputs = {"previous": previous, "section": recipe.section(step),

@@ -31,6 +31,7 @@ from prunekit.measure.latency import TimingPolicy, resolve_device
 from prunekit.measure.macs import count_macs
 
 WARN_BELOW = 0.8
+STABLE_MIN_ROUNDS = 5  # min..max of 5 rounds covers the median 94% of the time
 STABLE_WITHIN = 0.05  # half-width of the median speedup's 95% interval, relative
 
 
@@ -45,8 +46,10 @@ class SpeedupRow:
 
     @property
     def stable(self) -> bool | None:
-        """The median speedup's 95% interval within ``STABLE_WITHIN`` of it (None: no rounds)."""
-        if not self.ratios:
+        """The median speedup's 95% interval within ``STABLE_WITHIN`` of it (None: fewer than
+        ``STABLE_MIN_ROUNDS`` rounds, where the order-statistic interval is not a 95% one:
+        the range of 1 round is 0, and of 3 rounds it covers the median 75% of the time)."""
+        if len(self.ratios) < STABLE_MIN_ROUNDS:
             return None
         low, high = median_ci95(sorted(self.ratios))
         return (high - low) / 2 <= STABLE_WITHIN * self.measured

@@ -127,12 +127,24 @@ def read_run(path: Path, name: str | None) -> dict[str, Any]:
     """A ``prunekit run`` directory (``run.json`` and its step directories)."""
     facts = _empty(path, "run", name)
     run = _read_json(path / "run.json")
-    recipe = run.get("recipe") or {}
+    if not (isinstance(run, dict) and isinstance(run.get("recipe"), dict)
+            and all(isinstance(run.get(k), dict) for k in ("dense", "final"))):  # fmt: skip
+        raise ReportInputError(f"{path / 'run.json'} is not a prunekit run record (prunekit run "
+                               "writes one with recipe, dense and final)")  # fmt: skip
+    recipe = run["recipe"]
+    # a reused run directory keeps the outputs of steps the last recipe dropped: only the
+    # steps of the run that wrote run.json are read
+    steps = set(recipe.get("steps") or [])
+
+    def step_file(step: str, filename: str) -> Path | None:
+        found = path / step / filename
+        return found if step in steps and found.is_file() else None
+
     facts["model"] = {"name": recipe.get("model"), "kwargs": recipe.get("model_kwargs"),
                       "input_shape": recipe.get("input_shape")}  # fmt: skip
     files = facts["files"]
-    evaluation_file = path / "evaluate" / "evaluate.json"
-    if evaluation_file.is_file():
+    evaluation_file = step_file("evaluate", "evaluate.json")
+    if evaluation_file is not None:
         evaluation = _read_json(evaluation_file)
         facts["accuracy"] = _accuracy(evaluation["final"], evaluation["dense"])
         files["accuracy"] = str(evaluation_file)
@@ -151,31 +163,33 @@ def read_run(path: Path, name: str | None) -> dict[str, Any]:
     facts["macs"] = _pair(dense.get("macs"), final.get("macs"))
     facts["params"] = _pair(dense.get("params"), final.get("params"))
     files["macs"] = files["params"] = str(path / "run.json")
-    final_dir = path / ("finetune" if (path / "finetune" / ARTIFACT_WEIGHTS).is_file() else "prune")
-    deployed = _artifact_bytes(final_dir, "prunekit artifact (safetensors, float32)")
+    final_step = next((s for s in ("finetune", "prune") if s in steps), None)
+    final_dir = path / final_step if final_step else None
+    deployed = (_artifact_bytes(final_dir, "prunekit artifact (safetensors, float32)")
+                if final_dir is not None else None)  # fmt: skip
     facts["bytes"] = _bytes(facts["params"], deployed)
-    if (final_dir / ARTIFACT_WEIGHTS).is_file():
+    if final_dir is not None and (final_dir / ARTIFACT_WEIGHTS).is_file():
         facts["weights_file"] = str(final_dir / ARTIFACT_WEIGHTS)
-        if (path / "train" / ARTIFACT_WEIGHTS).is_file():
+        if step_file("train", ARTIFACT_WEIGHTS) is not None:
             facts["dense_weights_file"] = str(path / "train" / ARTIFACT_WEIGHTS)
-    verify_file = path / "verify" / "verify.json"
-    if verify_file.is_file():
+    verify_file = step_file("verify", "verify.json")
+    if verify_file is not None:
         verify = _read_json(verify_file)
         facts["latency"] = latency_rows(verify)
         facts["notes"] += verify.get("findings") or []
         files["latency"] = str(verify_file)
-    plan_file, prune_file = path / "plan" / "plan.json", path / "prune" / "prune.json"
-    if plan_file.is_file():  # every group, also those the plan left whole
+    plan_file, prune_file = step_file("plan", "plan.json"), step_file("prune", "prune.json")
+    if plan_file is not None:  # every group, also those the plan left whole
         plan = _read_json(plan_file)
         sizes = plan.get("sizes") or {}
         facts["widths"] = [{"name": k, "unit": "channels", "before": sizes.get(k), "after": v}
                            for k, v in (plan.get("keep") or {}).items()]  # fmt: skip
         files["widths"] = str(plan_file)
-    elif prune_file.is_file():
+    elif prune_file is not None:
         facts["widths"] = _widths_of_groups(_read_json(prune_file).get("groups") or [])
         files["widths"] = str(prune_file)
-    sensitivity_file = path / "sensitivity" / "sensitivity.json"
-    if sensitivity_file.is_file():
+    sensitivity_file = step_file("sensitivity", "sensitivity.json")
+    if sensitivity_file is not None:
         facts["sensitivity_file"] = files["sensitivity"] = str(sensitivity_file)
     return facts
 

@@ -167,7 +167,8 @@ def latency_table(report: dict[str, Any], index: int) -> Table | None:
             text(f"{lo_hi[0]:.2f}x to {lo_hi[1]:.2f}x" if lo_hi else None),
             number(report, f"{p}/ideal", digits=2, unit="x"),
             number(report, f"{p}/of_ideal", scale=100, digits=0, unit=" %"),
-            text({True: "yes", False: "no: noisy"}.get(row.get("stable")), "not recorded"),
+            text({True: "yes", False: "no: noisy"}.get(row.get("stable")),
+                 "n/a: under 5 rounds"),
             number(report, f"{p}/dense_throughput", digits=0),
             number(report, f"{p}/final_throughput", digits=0),
         ])  # fmt: skip
