@@ -190,7 +190,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path: Path, cli) -
     assert "1,000 MACs" in result.err and "2,000 MACs" in result.err
     for spec, message in (("gpu=V100", "no price for GPU 'V100'"),
                           ("gpu=L4,price=-0.8", "price must be a positive number"),
-                          ("gpu=L4,batch_size=8", "batch_size=8 was not measured")):  # fmt: skip
+                          ("gpu=L4,batch_size=8", "batch_size=8 was not measured"),
+                          ("gpu=L4,qps=100,qps=1", "key 'qps' is given twice")):  # fmt: skip
         result = cli("report", str(a), "--out", str(out), "--cost", spec)
         assert result.code == 1 and message in result.err, result.err
         assert len(result.err.strip().splitlines()) == 1

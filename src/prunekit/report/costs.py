@@ -135,6 +135,8 @@ def parse_cost(text: str) -> CostSpec:
         key, sep, value = part.partition("=")
         if not sep or not value.strip():
             raise CostSpecError(f"cost spec part {part!r} is not KEY=VALUE (in {text!r})")
+        if key.strip() in values:
+            raise CostSpecError(f"cost spec key {key.strip()!r} is given twice (in {text!r})")
         values[key.strip()] = value.strip()
     return cost_spec(values)
 
