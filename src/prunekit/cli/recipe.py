@@ -12,7 +12,7 @@ model: prunekit.nn.mobile_cnn:MobileCNN   # any MODEL spec
 input_shape: 1,1,28,28
 data: fashion-mnist                       # a data spec
 task: classification
-target: macs=0.5                          # macs= | params= | bytes= | latency_ms=
+target: macs=0.5                          # macs= | params= | bytes=
 steps: [train, baseline, sensitivity, plan, prune, finetune, verify, evaluate]
 train: {epochs: 3, lr: 0.05}
 sensitivity: {samples: 64}
