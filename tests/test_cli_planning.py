@@ -159,3 +159,71 @@ def test_planning_errors_are_one_line(  # type: ignore[no-untyped-def]
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "pruned").exists()
+
+
+def test_planning_files_edited_by_hand_are_refused_naming_the_field(  # type: ignore[no-untyped-def]
+    cli, model_file: str, tmp_path: Path
+) -> None:
+    """A plan or sensitivity file edited by hand: one line naming the field, never an
+    internal error, a NaN carried into a plan, a string read letter by letter, or a width
+    quietly not applied."""
+    model = [model_file, "--input-shape", "1,3,16,16"]
+    sens, plan = tmp_path / "sens.json", tmp_path / "plan.json"
+    assert cli("sensitivity", *model, "--ratios", "0.5,0.75", "--out", str(sens)).code == 0
+    assert cli("plan", *model, "--target", "macs=0.7", "--sensitivity", str(sens),
+               "--out", str(plan)).code == 0  # fmt: skip
+    good_sens, good_plan = json.loads(sens.read_text()), json.loads(plan.read_text())
+    group = next(iter(good_sens["groups"]))
+    key = next(iter(good_plan["keep"]))
+    size = good_plan["sizes"][key]
+
+    def sens_with(**point: object) -> dict:
+        data = json.loads(json.dumps(good_sens))
+        data["groups"][group]["points"][0].update(point)
+        return data
+
+    def plan_with(**change: object) -> dict:
+        return {**json.loads(json.dumps(good_plan)), **change}
+
+    cases = [
+        ("sensitivity", sens_with(drop=None), f"group {group}: drop must be a finite number"),
+        ("sensitivity", sens_with(drop=float("nan")), "drop must be a finite number, got nan"),
+        ("sensitivity", sens_with(kept=-1), "kept must be an integer >= 0, got -1"),
+        ("sensitivity", sens_with(kept=10_000), "kept 10000 is more than its"),
+        ("plan", plan_with(drop_blocks="features.1"), "drop_blocks must be a list of names"),
+        ("plan", plan_with(version="1"), "has version '1'; this prunekit reads 1"),
+        ("plan", plan_with(keep={**good_plan["keep"], key: 12.5}), "must be an integer >= 1"),
+        ("plan", plan_with(keep={**good_plan["keep"], key: size * 2}),
+         f"the plan keeps {size * 2} of group {key}'s {size} channels"),
+    ]  # fmt: skip
+    for kind, data, message in cases:
+        edited = tmp_path / f"edited-{kind}.json"
+        edited.write_text(json.dumps(data))
+        if kind == "sensitivity":
+            argv = ["plan", *model, "--target", "macs=0.7", "--sensitivity", str(edited),
+                    "--out", str(tmp_path / "out.json")]  # fmt: skip
+        else:
+            argv = ["prune", *model, "--plan", str(edited), "--out", str(tmp_path / "pruned")]
+        result = cli(*argv)
+        assert result.code == 1 and message in result.err, (message, result.err)
+        assert len(result.err.strip().splitlines()) == 1 and "internal error" not in result.err
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "pruned").exists()
+    # options a plan makes moot are refused, not dropped without a word
+    for extra, message in ((["--round-to", "8"], "--round-to and --importance do not apply"),
+                           (["--importance", "random"], "do not apply to --plan")):  # fmt: skip
+        result = cli("prune", *model, "--plan", str(plan), *extra, "--out", str(tmp_path / "p"))
+        assert result.code == 1 and message in result.err
+    result = cli("prune", *model, "--ratio", "0.5", "--calibration", str(tmp_path),
+                 "--out", str(tmp_path / "p"))  # fmt: skip
+    assert result.code == 1 and "applies to --plan only" in result.err
+
+
+def test_prune_never_writes_over_the_model_it_reads(cli, model_file: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = tmp_path / "first"
+    model = [model_file, "--input-shape", "1,3,16,16"]
+    assert cli("prune", *model, "--ratio", "0.3", "--out", str(first)).code == 0
+    before = (first / "model.safetensors").read_bytes()
+    result = cli("prune", str(first), "--ratio", "0.3", "--out", str(first), "--force",
+                 "--trust-code")  # fmt: skip
+    assert result.code == 1 and "is the model being read" in result.err
+    assert (first / "model.safetensors").read_bytes() == before

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -122,6 +123,19 @@ def check_forward(loaded: LoadedModel) -> None:
             f"{describe_exception(exc)} (input: {loaded.input_note}); pass --input-shape with "
             "the shape the model expects"
         ) from None
+
+
+def check_out_is_not_model(out: str, model: str) -> None:
+    """``--out`` may not be (or hold) the MODEL directory being read: ``--force`` replaces a
+    previous output, never the input (a pruned artifact pruned into itself is lost)."""
+    from prunekit.errors import OutputPathError
+
+    source, target = Path(model).expanduser(), Path(out).expanduser()
+    if not source.exists():
+        return
+    source, target = source.resolve(), target.resolve()
+    if source == target or target in source.parents:
+        raise OutputPathError(f"--out {out} is the model being read ({model}); write elsewhere")
 
 
 def check_threads(threads: int | None) -> None:

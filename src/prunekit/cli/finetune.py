@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     DATA_HELP,
     add_debug,
     add_model_arguments,
+    check_out_is_not_model,
     load_from_args,
     print_json,
     say,
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.recovery.distributed import is_primary
 
     primary = is_primary()
+    check_out_is_not_model(args.out, args.model)
     out = check_output_dir(args.out, "prunekit finetune", force=args.force,
                            log=say if primary else (lambda _: None))  # fmt: skip
     checkpoint = checkpoint_dir_for(args.out)

@@ -9,6 +9,7 @@ from prunekit.cli import prune_transformer
 from prunekit.cli._common import (
     add_debug,
     add_model_arguments,
+    check_out_is_not_model,
     check_threads,
     image_batches,
     load_from_args,
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.pruning.config import as_patterns, check_pattern
 
     # every check that needs no model comes first: bad input fails in a second, writes nothing
+    check_out_is_not_model(args.out, args.model)
     out = check_output_dir(args.out, "prunekit prune", force=args.force, log=say)
     check_threads(args.threads)
     for pattern in args.ignore:
@@ -122,6 +124,12 @@ def run(args: argparse.Namespace) -> int:
     target = _parse_target(args.target) if args.target else None
     if args.plan and args.ignore:
         raise PruneConfigError("--ignore does not apply to --plan (use plan --protect)")
+    if args.plan and (args.round_to != 1 or args.importance != "l1"):
+        raise PruneConfigError("--round-to and --importance do not apply to --plan: the plan "
+                               "fixes every width (give them to prunekit plan)")  # fmt: skip
+    if args.calibration is not None and not args.plan:
+        raise PruneConfigError("--calibration sets what a plan's dropped residual blocks add; "
+                               "it applies to --plan only")  # fmt: skip
     plan_config = pk.PlanPruning(plan=args.plan) if args.plan else None
     plan = plan_config.load() if plan_config is not None else None
     base = pk.StructuredPruning(ratio=args.ratio if args.ratio is not None else 0.0,
@@ -165,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(record)
         return 0
-    print(f"{loaded.name}: {record['graph']}")
+    graph = record["graph"]
+    print(f"{loaded.name}: {graph['prunable_groups']} prunable groups"
+          + (f", {len(graph['unsupported'])} not prunable" if graph["unsupported"] else "")
+          + f"; traced in {' and '.join(graph['modes'])} mode")  # fmt: skip
     if target is not None:
         applied = record["config"]
         print(

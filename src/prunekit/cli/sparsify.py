@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     DATA_HELP,
     add_debug,
     add_model_arguments,
+    check_out_is_not_model,
     load_from_args,
     print_json,
     say,
@@ -201,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, batch_size=args.batch_size, kd_temperature=args.kd_temperature,
         kd_alpha=args.kd_alpha, seed=args.seed, device=args.device,
     )  # fmt: skip
+    check_out_is_not_model(args.out, args.model)
     out = check_output_dir(args.out, COMMAND, force=args.force, log=say)
     loaded = load_from_args(args)
     example = loaded.input_spec.make(1)

@@ -23,5 +23,28 @@ def check_header(data: Mapping[str, Any], kind: str, version: int, what: str, so
         raise PlanningFileError(f"{source} is not a prunekit {what} file")
     if data.get("version") != version:
         raise PlanningFileError(
-            f"{source} has version {data.get('version')}; this prunekit reads {version}"
+            f"{source} has version {data.get('version')!r}; this prunekit reads {version}"
         )
+
+
+def whole(value: Any, what: str, low: int = 0) -> int:
+    """A file's integer field (not a bool, not 12.5 quietly made 12), at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PlanningFileError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def finite(value: Any, what: str) -> float:
+    """A file's number field: finite (a NaN drop would be written on into every plan)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PlanningFileError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def names(value: Any, what: str) -> list[str]:
+    """A file's list of names (a string would be read letter by letter)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PlanningFileError(f"{what} must be a list of names, got {value!r}")
+    return list(value)

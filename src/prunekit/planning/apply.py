@@ -62,6 +62,8 @@ def apply_plan(
             raise PlanError(
                 f"the plan says group {key} has {plan.sizes.get(key)} channels; it has {group.size}"
             )
+        if kept > group.size:
+            raise PlanError(f"the plan keeps {kept} of group {key}'s {group.size} channels")
         if kept < group.size:
             if not group.prunable:
                 raise PlanError(f"the plan prunes group {key}, which cannot be pruned")

@@ -55,7 +55,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import ChannelGraph, Group
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
-from prunekit.planning._files import check_header, read_json
+from prunekit.planning._files import check_header, finite, names, read_json, whole
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
@@ -161,21 +161,27 @@ class Plan:
                 fingerprint=str(data["fingerprint"]),
                 model=str(data.get("model", "")),
                 target=str(data["target"]),
-                keep={str(k): int(v) for k, v in data["keep"].items()},
-                sizes={str(k): int(v) for k, v in data["sizes"].items()},
-                predicted_drop=float(data["predicted_drop"]),
+                keep={str(k): whole(v, f"{source}: keep[{k}]", 1) for k, v in data["keep"].items()},
+                sizes={
+                    str(k): whole(v, f"{source}: sizes[{k}]", 1) for k, v in data["sizes"].items()
+                },
+                predicted_drop=finite(data["predicted_drop"], f"{source}: predicted_drop"),
                 achieved={str(k): float(v) for k, v in data["achieved"].items()},
                 metric=str(data.get("metric", "")),
                 importance=str(data.get("importance", "l1")),
                 notes=[str(n) for n in data.get("notes", [])],
-                drop_blocks=[str(b) for b in data.get("drop_blocks", [])],
+                drop_blocks=names(data.get("drop_blocks", []), f"{source}: drop_blocks"),
                 inputs=[[int(d) for d in s] for s in data["inputs"]]
                 if data.get("inputs")
                 else None,
                 provenance=dict(data.get("provenance", {})),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PlanningFileError(f"{source} is malformed: {exc!r}") from None
+        except PlanningFileError:
+            raise
+        except KeyError as exc:
+            raise PlanningFileError(f"{source} is malformed: it has no {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PlanningFileError(f"{source} is malformed: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(Path(path), self.to_dict())

@@ -42,7 +42,7 @@ from prunekit.criteria.magnitude import atom_scores
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
-from prunekit.planning._files import check_header, read_json
+from prunekit.planning._files import check_header, finite, read_json, whole
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
@@ -141,6 +141,23 @@ class SensitivityPoint:
     params_fraction: float
 
 
+def _group(key: str, data: Any, source: str) -> GroupSensitivity:
+    """One group of a sensitivity file, each point checked (a file edited by hand: a null
+    or NaN drop, a kept count outside the group)."""
+    at = f"{source}: group {key}"
+    size = whole(data["size"], f"{at}: size", 1)
+    points = []
+    for p in data["points"]:
+        point = SensitivityPoint(**p)
+        whole(point.kept, f"{at}: kept", 0)
+        if point.kept > size:
+            raise PlanningFileError(f"{at}: kept {point.kept} is more than its {size} channels")
+        for name in ("ratio", "drop", "macs_fraction", "params_fraction"):
+            finite(getattr(point, name), f"{at}: {name}")
+        points.append(point)
+    return GroupSensitivity(key, size, points)
+
+
 @dataclass
 class GroupSensitivity:
     key: str
@@ -198,12 +215,7 @@ class Sensitivity:
     def from_dict(cls, data: Mapping[str, Any], source: str = "sensitivity data") -> Sensitivity:
         check_header(data, FORMAT, VERSION, "sensitivity", source)
         try:
-            groups = {
-                key: GroupSensitivity(
-                    key, int(g["size"]), [SensitivityPoint(**p) for p in g["points"]]
-                )
-                for key, g in data["groups"].items()
-            }
+            groups = {key: _group(key, g, source) for key, g in data["groups"].items()}
             blocks = {
                 name: BlockSensitivity(
                     name=name,
@@ -228,8 +240,12 @@ class Sensitivity:
                 else None,
                 settings=dict(data.get("settings", {})),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PlanningFileError(f"{source} is malformed: {exc!r}") from None
+        except PlanningFileError:
+            raise
+        except KeyError as exc:
+            raise PlanningFileError(f"{source} is malformed: it has no {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PlanningFileError(f"{source} is malformed: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         """Write atomically: an interrupted write never leaves a truncated file."""
