@@ -95,9 +95,21 @@ BAD_INPUTS = [
     (["analyze", "resnet18", "--input-shape", "1,3,a"], "cannot parse input shape"),
     (["analyze", "resnet18", "--model-kwargs", "{bad"], "--model-kwargs is not valid JSON"),
     (["analyze", "resnet18", "--top", "0"], "--top must be a positive integer"),
+    # 4 TB: no machine allocates it (an internal error before)
+    (
+        ["analyze", "prunekit.nn.mobile_cnn:MobileCNN", "--input-shape", "1,1,1000000,1000000"],
+        "(4e+03 GB) cannot be made here",
+    ),
     (["bench", "resnet18", "--batch-sizes", "1,x"], "cannot parse --batch-sizes"),
     (["bench", "resnet18", "--threads", "0"], "--threads must be a positive integer"),
     (["bench", "resnet18", "--backend", "tvm"], "invalid choice: 'tvm'"),
+    # timing options were clamped without a word (--max-time 1 then ran for 5 s)
+    (
+        ["bench", "resnet18", "--min-time", "5", "--max-time", "1"],
+        "--min-time 5 is more than --max-time 1",
+    ),
+    (["bench", "resnet18", "--min-repeats", "-5"], "--min-repeats must be at least 1, got -5"),
+    (["bench", "resnet18", "--target-ci", "nan"], "--target-ci must be a positive fraction"),
     (["analyze"], "the following arguments are required: MODEL"),
 ]
 

@@ -227,3 +227,15 @@ def test_prune_never_writes_over_the_model_it_reads(cli, model_file: str, tmp_pa
                  "--trust-code")  # fmt: skip
     assert result.code == 1 and "is the model being read" in result.err
     assert (first / "model.safetensors").read_bytes() == before
+
+
+def test_sensitivity_on_random_inputs_uses_the_samples_asked_for(  # type: ignore[no-untyped-def]
+    cli, model_file: str, tmp_path: Path
+) -> None:
+    """Without --data: --samples random inputs in batches of --batch-size (it was one batch,
+    so --samples 8 --batch-size 4 measured on 4)."""
+    out = tmp_path / "sens.json"
+    result = cli("sensitivity", model_file, "--input-shape", "1,3,16,16", "--ratios", "0.5",
+                 "--samples", "8", "--batch-size", "4", "--no-blocks", "--out", str(out))  # fmt: skip
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["settings"]["samples"] == 8

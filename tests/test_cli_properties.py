@@ -53,7 +53,8 @@ OPTIONS: dict[str, dict[str, Pool]] = {
               "--importance": (["l1", "l2", "random"], ["nope"]),
               "--target": ([], ["macs=0", "flops=0.5", "macs=x"]),
               "--plan": ([], [".", "notes.txt", "missing.json"]),
-              "--calibration": (["imgs"], ["missing-dir", "notes.txt"])},
+              # no --plan is ever drawn, and --calibration applies to --plan only
+              "--calibration": ([], ["missing-dir", "notes.txt", "imgs"])},
     "sensitivity": {**COMMON, "--ratios": (["0.5", "0.3,0.6"], ["0", "1.5", "x", ""]),
                     "--metric": (["kl"], ["nope", "top1"]), "--samples": (["4"], ["0", "-1"]),
                     "--batch-size": (["2"], ["0"]),

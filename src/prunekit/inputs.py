@@ -9,6 +9,7 @@ Values are drawn from a fixed seed so that two runs see identical inputs.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -131,9 +132,16 @@ class TensorSpec:
         return ExampleInputs(args)
 
     def _one(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-        if self.integer_high is not None:
-            return torch.randint(0, self.integer_high, shape, generator=gen)
-        return torch.randn(shape, generator=gen)
+        try:
+            if self.integer_high is not None:
+                return torch.randint(0, self.integer_high, shape, generator=gen)
+            return torch.randn(shape, generator=gen)
+        except RuntimeError as exc:  # an allocation this machine cannot make
+            size = 4 * math.prod(shape)
+            raise InputSpecValueError(
+                f"an input of shape {'x'.join(map(str, shape))} ({size / 1e9:.3g} GB) cannot be "
+                f"made here ({str(exc).splitlines()[0][:80]}); check --input-shape"
+            ) from None
 
     def describe(self) -> str:
         text = "; ".join("x".join(str(d) for d in s) for s in self.shapes)

@@ -198,10 +198,12 @@ def image_batches(
         raise InputSpecError("--samples and --batch-size must be positive")
     if folder is None:
         say(f"no {option}: measuring on random inputs, a weak proxy; pass an image folder")
-        count = min(samples, batch_size)
-        return CalibrationData(
-            [loaded.input_spec.make(count)], None, {"data": "random inputs", "samples": count}
-        )
+        # --samples inputs in batches of --batch-size (it was one batch: 64 asked, 32 used)
+        one = sum(4 * t.numel() for t in loaded.input_spec.make(1).tensors())
+        count = min(samples, max(1, MAX_CALIBRATION_BYTES // max(1, one)))
+        batches = [loaded.input_spec.make(min(batch_size, count - start))
+                   for start in range(0, count, batch_size)]  # fmt: skip
+        return CalibrationData(batches, None, {"data": "random inputs", "samples": count})
     from prunekit.data.image_folder import image_folder_dataset
 
     shape = loaded.input_spec.make(1).tensors()[0].shape

@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
     )
     timing = parser.add_argument_group("timing")
     timing.add_argument(
-        "--min-time", type=float, default=1.0, metavar="S", help="time at least S seconds (1.0)"
+        "--min-time",
+        type=float,
+        default=None,
+        metavar="S",
+        help="time at least S seconds (1.0, or --max-time when that is less)",
     )
     timing.add_argument(
         "--max-time", type=float, default=20.0, metavar="S", help="stop after S seconds (20)"
@@ -74,13 +78,23 @@ def run(args: argparse.Namespace) -> int:
     check_backend_device(args.backend, args.device)
     batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
     check_threads(args.threads)
-    if not (math.isfinite(args.min_time) and math.isfinite(args.max_time)):
-        raise InputSpecError("--min-time and --max-time must be finite numbers of seconds")
+    min_time = args.min_time if args.min_time is not None else min(1.0, args.max_time)
+    if not (math.isfinite(min_time) and math.isfinite(args.max_time)) or min_time < 0 \
+            or args.max_time <= 0:  # fmt: skip
+        raise InputSpecError("--min-time and --max-time must be finite numbers of seconds "
+                             "(--max-time above 0)")  # fmt: skip
+    if min_time > args.max_time:  # it was quietly raised, and --max-time not honoured
+        raise InputSpecError(f"--min-time {min_time:g} is more than --max-time {args.max_time:g}")
+    if args.min_repeats < 1:
+        raise InputSpecError(f"--min-repeats must be at least 1, got {args.min_repeats}")
+    if not (math.isfinite(args.target_ci) and args.target_ci > 0):
+        raise InputSpecError(f"--target-ci must be a positive fraction such as 0.02, got "
+                             f"{args.target_ci:g}")  # fmt: skip
     policy = TimingPolicy(
-        min_repeats=max(1, args.min_repeats),
+        min_repeats=args.min_repeats,
         max_repeats=max(2000, args.min_repeats),
-        min_time_s=args.min_time,
-        max_time_s=max(args.max_time, args.min_time),
+        min_time_s=min_time,
+        max_time_s=args.max_time,
         target_rel_ci=args.target_ci,
     )
     loaded = load_from_args(args)
