@@ -227,6 +227,11 @@ def test_prune_never_writes_over_the_model_it_reads(cli, model_file: str, tmp_pa
                  "--trust-code")  # fmt: skip
     assert result.code == 1 and "is the model being read" in result.err
     assert (first / "model.safetensors").read_bytes() == before
+    # an artifact is built already: options that build another model are refused, not dropped
+    for extra, message in ((["--model-kwargs", '{"width": 4}'], "--model-kwargs builds a model"),
+                           (["--weights", "DEFAULT"], "--weights applies to torchvision")):  # fmt: skip
+        result = cli("analyze", str(first), *extra)
+        assert result.code == 1 and message in result.err, result.err
 
 
 def test_sensitivity_on_random_inputs_uses_the_samples_asked_for(  # type: ignore[no-untyped-def]

@@ -114,6 +114,7 @@ def test_existing_output_is_refused_and_untouched(cli, tmp_path: Path) -> None: 
         (["--flash", "lots"], "cannot parse the byte budget"),
         (["--flash", "20"], "cannot be met"),
         (["--values", "9"], "--values"),
+        (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(
@@ -231,3 +232,11 @@ def test_plan_says_by_how_much_a_budget_is_missed() -> None:
     density = plan_density(model, 2000, 4, "prunekit", neuron_exponent=1.0)
     assert 0 < density < 1
     assert plan_density(model, 10**6, 8, "prunekit") == 1.0  # dense int8 fits: no pruning
+
+
+def test_the_summary_compares_weights_with_weights() -> None:
+    """The dense side of the 'weights' row counts weights, as the compressed side's non-zeros
+    do: 64-16-10 has 1,184 (its 1,210 parameters include 26 biases)."""
+    from prunekit.cli.mcu import _dense_weights
+
+    assert _dense_weights("64-16-10") == 64 * 16 + 16 * 10 == 1184

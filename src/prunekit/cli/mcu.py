@@ -87,6 +87,7 @@ def compress_and_write(
 ) -> dict[str, Any]:
     """The whole job, shared by ``mcu`` and ``demo``; returns the report."""
     from prunekit._outputs import check_output_dir
+    from prunekit.errors import InputSpecError
     from prunekit.mcu.arch import check_fits_data, parse_arch
     from prunekit.mcu.budget import parse_bytes
     from prunekit.mcu.compress import (
@@ -100,6 +101,8 @@ def compress_and_write(
 
     started = time.perf_counter()
     # Everything that can be wrong with the input is checked before minutes of training.
+    if args.seed < 0:
+        raise InputSpecError(f"--seed must be an integer >= 0, got {args.seed}")
     budget = parse_bytes(args.flash)
     widths = parse_arch(arch_text)
     value_bits = parse_values(args.values)
@@ -121,6 +124,15 @@ def compress_and_write(
     return report
 
 
+def _dense_weights(arch: Any) -> int:
+    """The dense MLP's weights (its parameters less the biases), what the compressed side's
+    non-zero weights are compared with."""
+    import itertools
+
+    widths = [int(w) for w in str(arch).split("-")] if not isinstance(arch, list) else arch
+    return sum(a * b for a, b in itertools.pairwise(widths))
+
+
 def print_summary(report: dict[str, Any], out: str) -> None:
     dense, comp = report["dense"], report["compressed"]
     rows = [
@@ -128,7 +140,7 @@ def print_summary(report: dict[str, Any], out: str) -> None:
          f"{report['accuracy_delta_points']:+.2f} pts"),
         ("bytes", f"{dense['bytes']:,}", f"{comp['bytes']:,}",
          f"{report['compression_ratio']:.1f}x smaller"),
-        ("weights", f"{dense['params']:,}", f"{comp['nonzeros']:,} non-zero",
+        ("weights", f"{_dense_weights(dense['arch']):,}", f"{comp['nonzeros']:,} non-zero",
          f"{comp['values']}"),
         ("layers", dense["arch"], "-".join(str(s[1]) for s in comp["shapes"][:1])
          + "".join(f"-{s[0]}" for s in comp["shapes"]), ""),

@@ -76,6 +76,14 @@ def _load(
         return callable_source.build(spec, input_shapes=input_shapes, model_kwargs=model_kwargs)
     path = Path(spec).expanduser()
     if path.is_dir():
+        # a directory holds its model whole: options that build another one were dropped
+        kind = "prunekit artifact" if (path / "prunekit.json").is_file() else "model directory"
+        if weights is not None:
+            raise ModelSourceError(f"--weights applies to torchvision models, not to a {kind} "
+                                   f"({path} holds its own weights)")  # fmt: skip
+        if model_kwargs:
+            raise ModelSourceError(f"--model-kwargs builds a model from code; {path} is a {kind}, "
+                                   "already built")  # fmt: skip
         if (path / "prunekit.json").is_file():
             from prunekit.models import artifact_source
 
