@@ -162,6 +162,10 @@ def test_a_rerun_skips_unchanged_steps_and_redoes_changed_ones(tmp_path: Path, c
             r"eval_fraction must be a number in \(0, 1\)",
         ),
         (("input_shape: 1,1,8,8", "input_shape: 1,1,abc"), "input_shape: cannot parse"),
+        (
+            ("task: classification", "task: classification\neval_fraction: 0.5"),
+            "eval_fraction: digits comes with a held-out split of its own",
+        ),
         (("ratios: [0.5]", "ratios: 0.5"), "sensitivity: ratios must be a list"),
         (
             ("plan: {round_to: 4}", "plan: {round_to: 4, protect: features.1}"),

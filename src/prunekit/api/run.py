@@ -346,7 +346,11 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, log: Any = None,
     # everything that needs no model first: a bad data spec fails before any training
     from prunekit.data.specs import parse_spec
 
-    parse_spec(recipe.data)
+    kind, _ = parse_spec(recipe.data)
+    if recipe.eval_fraction is not None and kind not in ("images", "segmentation", "sentences"):
+        # it was recorded in run.json as if it had made the split
+        raise RecipeError(f"eval_fraction: {recipe.data} comes with a held-out split of its own; "
+                          "eval_fraction splits image folders and sentence files only")  # fmt: skip
     state.dense = _load(recipe, recipe.model)
     state.example = state.dense.input_spec.make(1)
     state.data = pk.api.data.as_data(recipe.data, example=state.example, seed=recipe.seed,
