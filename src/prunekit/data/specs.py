@@ -291,6 +291,9 @@ def _scenes(spec: str, sizes: str, seed: int, image_size: int, *, masks: bool = 
                             f"e.g. {name}:2000,500)") from None  # fmt: skip
         if fit_n < 1 or eval_n < 1:
             raise DataError(f"--data {spec}: both counts must be at least 1")
+    if image_size < 32:  # the scenes' objects need room: SceneSet's own floor, said for --data
+        raise DataError(f"--data {spec}: scenes are drawn at 32 px or more, and this model "
+                        f"takes {image_size} px images (its --input-shape)")  # fmt: skip
     fit: Any = SceneSet(fit_n, seed, size=image_size, split="fit")
     held: Any = SceneSet(eval_n, seed, size=image_size, split="eval")
     if masks:
