@@ -318,6 +318,10 @@ def test_scenes_masks_spec_errors_name_the_spec() -> None:
         load_data("scenes-masks:many")
     with pytest.raises(DataError, match="at least 1"):
         load_data("scenes-masks:0,5")
+    # a model's input too small for the scenes: said in terms of --data and the model
+    with pytest.raises(DataError, match=r"--data scenes: scenes are drawn at 32 px or more, and "
+                                        r"this model takes 8 px images"):  # fmt: skip
+        load_data("scenes", image_size=8)
 
 
 class _Constant(torch.nn.Module):
@@ -366,7 +370,3 @@ def test_recover_trains_a_segmenter_on_the_fit_scenes() -> None:
     assert record["data"]["split"]["fit"] == 16  # type: ignore[index]
     history = record["history"]
     assert len(history) == 2  # type: ignore[arg-type]
-    # a model's input too small for the scenes: said in terms of --data and the model
-    with pytest.raises(DataError, match=r"--data scenes: scenes are drawn at 32 px or more, and "
-                                        r"this model takes 8 px images"):  # fmt: skip
-        load_data("scenes", image_size=8)
