@@ -234,6 +234,19 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def tiny_mlm_dir(tmp_path: Path) -> Path:
+    """A tiny BertForMaskedLM: its decoder shares the word embeddings (a tied weight)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=48,
+                                     max_position_embeddings=40)  # fmt: skip
+    path = tmp_path / "mlm"
+    transformers.BertForMaskedLM(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers = pytest.importorskip("transformers")

@@ -128,16 +128,10 @@ def test_save_of_a_huggingface_model(tmp_path: Path, tiny_bert_dir: Path) -> Non
     assert _same_weights(loaded.model, pk.load(tmp_path / "h").model)
 
 
-def test_a_model_with_tied_weights_loads_back_tied(tmp_path: Path) -> None:
+def test_a_model_with_tied_weights_loads_back_tied(tmp_path: Path, tiny_mlm_dir: Path) -> None:
     """BertForMaskedLM's decoder shares the word embeddings; safetensors stores the tensor
     once, and loading puts the tie back (``to_empty`` had given each holder its own)."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=48,
-                                     max_position_embeddings=40)  # fmt: skip
-    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
-    loaded = pk.load(str(tmp_path / "mlm"))
+    loaded = pk.load(str(tiny_mlm_dir))
     pk.save(loaded.model, tmp_path / "a")
     again = pk.load(tmp_path / "a").model
     assert again.cls.predictions.decoder.weight is again.bert.embeddings.word_embeddings.weight

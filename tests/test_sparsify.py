@@ -322,19 +322,13 @@ def test_gradual_n_m_ends_exactly_n_of_every_m() -> None:
     assert record["sparsity"] == 0.5
 
 
-def test_a_model_with_tied_weights_is_written(tmp_path: Path) -> None:
+def test_a_model_with_tied_weights_is_written(tmp_path: Path, tiny_mlm_dir: Path) -> None:
     """BertForMaskedLM's decoder shares the word embeddings: the sparsified layer is found
     through its module, whichever name the shared tensor is listed under."""
     import prunekit as pk
 
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=48,
-                                     max_position_embeddings=40)  # fmt: skip
-    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
     out = tmp_path / "sp"
-    args = ["sparsify", str(tmp_path / "mlm"), "--seq-len", "8", "--sparsity", "0.5",
+    args = ["sparsify", str(tiny_mlm_dir), "--seq-len", "8", "--sparsity", "0.5",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     record = json.loads((out / "sparsify.json").read_text())

@@ -5,7 +5,8 @@ They are written by ``prunekit._outputs.write_json_atomic``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,17 @@ def names(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise PlanningFileError(f"{what} must be a list of names, got {value!r}")
     return list(value)
+
+
+@contextlib.contextmanager
+def malformed(source: str) -> Iterator[None]:
+    """Reading a file's fields: a missing key or a value of the wrong shape is one line
+    naming the file (the field checks above name the field themselves)."""
+    try:
+        yield
+    except PlanningFileError:
+        raise
+    except KeyError as exc:
+        raise PlanningFileError(f"{source} is malformed: it has no {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise PlanningFileError(f"{source} is malformed: {exc}") from None

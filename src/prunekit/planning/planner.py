@@ -55,7 +55,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import ChannelGraph, Group
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
-from prunekit.planning._files import check_header, finite, names, read_json, whole
+from prunekit.planning._files import check_header, finite, malformed, names, read_json, whole
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
@@ -156,7 +156,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:
         check_header(data, FORMAT, VERSION, "plan", source)
-        try:
+        with malformed(source):
             return cls(
                 fingerprint=str(data["fingerprint"]),
                 model=str(data.get("model", "")),
@@ -176,12 +176,6 @@ class Plan:
                 else None,
                 provenance=dict(data.get("provenance", {})),
             )
-        except PlanningFileError:
-            raise
-        except KeyError as exc:
-            raise PlanningFileError(f"{source} is malformed: it has no {exc}") from None
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise PlanningFileError(f"{source} is malformed: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(Path(path), self.to_dict())

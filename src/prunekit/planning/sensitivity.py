@@ -42,7 +42,7 @@ from prunekit.criteria.magnitude import atom_scores
 from prunekit.graph import ChannelGraph
 from prunekit.inputs import ExampleInputs, as_example_inputs
 from prunekit.measure.macs import count_macs
-from prunekit.planning._files import check_header, finite, read_json, whole
+from prunekit.planning._files import check_header, finite, malformed, read_json, whole
 from prunekit.planning.fingerprint import (
     PlanningFileError,
     check_fingerprint,
@@ -214,7 +214,7 @@ class Sensitivity:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "sensitivity data") -> Sensitivity:
         check_header(data, FORMAT, VERSION, "sensitivity", source)
-        try:
+        with malformed(source):
             groups = {key: _group(key, g, source) for key, g in data["groups"].items()}
             blocks = {
                 name: BlockSensitivity(
@@ -240,12 +240,6 @@ class Sensitivity:
                 else None,
                 settings=dict(data.get("settings", {})),
             )
-        except PlanningFileError:
-            raise
-        except KeyError as exc:
-            raise PlanningFileError(f"{source} is malformed: it has no {exc}") from None
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise PlanningFileError(f"{source} is malformed: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         """Write atomically: an interrupted write never leaves a truncated file."""
