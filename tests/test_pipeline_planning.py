@@ -193,6 +193,13 @@ def test_two_real_models_planned_against_one_budget() -> None:
     dense = sum(s.dense_ms for s in stages)
     fastest = sum(s.fastest.ms for s in stages)
     assert fastest < dense and len(stages[0].points) >= 2
+    # only an unreachable target ends the ladder; another planning error is reported
+    from prunekit.planning.planner import PlanError
+
+    model, example, sens, lut, graph = models["depth"]
+    with pytest.raises(PlanError, match="round_to must be a positive integer"):
+        stage_frontier("depth", model, example, sens, lut, graph=graph, ladder=(0.9,),
+                       blocks=False, round_to=0)  # fmt: skip
     budget = (dense + fastest) / 2
     got = allocate(stages, budget)
     assert got.total_ms <= budget
@@ -229,5 +236,8 @@ def test_measured_savings_rescale_a_stage() -> None:
 
     table = CorrectedTable(Table(), dense_measured=6.0, efficiency=0.5, scale=1.0)
     assert table.predict({"g": 500}) == pytest.approx(6.0 - 0.5 * 2.0)
+    # savings found larger than the table's: never below 5% of the measured dense time
+    eager = CorrectedTable(Table(), dense_measured=6.0, efficiency=3.0, scale=1.0)
+    assert eager.predict({"g": 0}) == pytest.approx(0.05 * 6.0)  # 6 - 3 * 4 < 0
     ratio, ms, meets = uniform_ratio({"s": ({"g": 1000}, table)}, 5.0)
     assert meets and ratio == pytest.approx(0.5, abs=0.01) and ms["s"] <= 5.0

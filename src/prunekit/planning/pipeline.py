@@ -123,7 +123,7 @@ def stage_frontier(
     table may misjudge); ``keep_dominated``: every plan made, not only the Pareto set (for
     options about to be timed whole, where the table's ranking is not trusted)."""
     from prunekit.graph import trace_channels
-    from prunekit.planning.planner import PlanError, Target, make_plan
+    from prunekit.planning.planner import Target, TargetUnreachableError, make_plan
 
     if not (math.isfinite(weight) and weight >= 0):
         raise PipelineError(f"stage {name}: weight must be a number >= 0, got {weight}")
@@ -139,7 +139,7 @@ def stage_frontier(
                 plan = make_plan(model, example, graph, sensitivity,
                                  Target("latency_ms", fraction * dense_ms), lut=lut,
                                  reuse=reuse, **plan_options)  # fmt: skip
-            except PlanError:
+            except TargetUnreachableError:
                 break  # the ladder descends: a lower target cannot be met either
             points.append(StagePoint(float(plan.achieved["latency_ms"]),
                                      float(plan.predicted_drop), fraction, plan))  # fmt: skip
@@ -147,7 +147,7 @@ def stage_frontier(
             try:
                 plan = make_plan(model, example, graph, sensitivity, Target("macs", fraction),
                                  lut=lut, reuse=reuse, **plan_options)  # fmt: skip
-            except PlanError:
+            except TargetUnreachableError:
                 break
             points.append(StagePoint(float(plan.achieved["latency_ms"]),
                                      float(plan.predicted_drop), fraction, plan))  # fmt: skip

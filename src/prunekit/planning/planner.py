@@ -83,6 +83,11 @@ class PlanError(PrunekitError):
     """A budget that cannot be met, or a plan that does not fit the model."""
 
 
+class TargetUnreachableError(PlanError):
+    """The target lies beyond what pruning every group as far as measured reaches (a
+    pipeline's ladder of targets stops there; any other PlanError is a mistake to report)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """``macs`` / ``params``: fraction of the dense model's to keep, in (0, 1]; ``bytes``:
@@ -554,7 +559,7 @@ def make_plan(
         most = {key: opts[0] for key, opts in options.items()}
         if not options or not meets(most):
             floor = costs.value(most, kind, exact=True) if options else dense_value
-            raise PlanError(
+            raise TargetUnreachableError(
                 f"the target {target} cannot be met: pruning every group as far as the "
                 f"sensitivity sweep went still gives {floor:.4g}; sweep higher ratios, "
                 "protect fewer layers or relax the target"
