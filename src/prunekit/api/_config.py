@@ -67,8 +67,8 @@ def _check_kind(value: Any, kind: str, name: str) -> None:
     become its characters)."""
     if kind == "bool" and not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if kind.startswith("tuple") and not isinstance(value, (list, tuple)) and \
-            not kind.endswith("| None") and not kind.startswith("tuple[int, int]"):  # fmt: skip
+    optional = value is None and kind.endswith("| None")
+    if kind.startswith("tuple") and not optional and not isinstance(value, (list, tuple)):
         raise ConfigError(f"{name} must be a list, such as [a, b], got {value!r}")
 
 

@@ -154,36 +154,40 @@ def check_cache_files(cache: Path, names: list[str]) -> None:
     prunekit did not write (it would be replaced)."""
     for name in names:
         for pattern in CACHE_FILES.values():
-            load_cached(cache / pattern.format(name), {}, "checked")
+            _read_own(cache / pattern.format(name))
+
+
+def _read_own(path: Path) -> dict[str, Any] | None:
+    """The cache file at ``path`` (None: there is none); a file there that prunekit did not
+    write is refused, since ``save_cached`` would replace it."""
+    if not path.exists():
+        return None
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = None
+    # files of earlier versions carry no format, only their settings
+    ours = isinstance(known, dict) and (known.get("format") == cache_kind(path) or (
+        "format" not in known and isinstance(known.get("settings"), dict)))  # fmt: skip
+    if not ours:
+        raise OutputPathError(f"refusing to replace {path}: it is not a prunekit pipeline cache "
+                              f"file (move it, or point cache: at another folder)")  # fmt: skip
+    assert isinstance(known, dict)
+    return known
 
 
 def load_cached(path: Path | None, settings: dict[str, Any], field: str,
                 normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                 ) -> dict[str, Any]:  # fmt: skip
     """The cache file ``{"format": ..., "settings": ..., field: {...}}`` when its settings
-    (``normalize``d) are these, else an empty one (a stale file of ours is remade). A file
-    there that prunekit did not write is refused: ``save_cached`` would replace it."""
+    (``normalize``d) are these, else an empty one (a stale file of ours is remade)."""
     kind = cache_kind(path) if path is not None else ""
     fresh = {"format": kind, "settings": settings, field: {}}
-    if path is None or not path.exists():
+    known = _read_own(path) if path is not None else None
+    if known is None or not isinstance(stored := known.get("settings"), dict):
         return fresh
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = None
-    # files of earlier versions carry no format, only the settings and the field
-    ours = isinstance(known, dict) and (known.get("format") == kind or (
-        "format" not in known and isinstance(known.get("settings"), dict)))  # fmt: skip
-    if not ours:
-        raise OutputPathError(f"refusing to replace {path}: it is not a prunekit pipeline cache "
-                          f"file (move it, or point cache: at another folder)")  # fmt: skip
-    assert isinstance(known, dict)
-    stored = known.get("settings")
-    if isinstance(stored, dict) and (normalize(stored) if normalize else stored) == json.loads(
-        json.dumps(settings)
-    ):
-        return {**known, "format": kind}
-    return fresh
+    same = (normalize(stored) if normalize else stored) == json.loads(json.dumps(settings))
+    return {**known, "format": kind} if same else fresh
 
 
 def save_cached(path: Path | None, known: dict[str, Any]) -> None:

@@ -54,16 +54,15 @@ def _check_stage(stage: dict[str, Any], at: str) -> None:
             or name != name.strip() or name.startswith("."):  # fmt: skip
         raise PipelineSpecError(f"{at}: name {name!r} names a folder of --out and cache files: "
                                 "use letters, digits, '-', '_' (no path)")  # fmt: skip
-    for key in ("trust_code",):
-        if key in stage and not isinstance(stage[key], bool):
-            raise PipelineSpecError(f"{at}: {key} must be true or false, got {stage[key]!r}")
+    if not isinstance(stage.get("trust_code", False), bool):
+        raise PipelineSpecError(f"{at}: trust_code must be true or false, got "
+                                f"{stage['trust_code']!r}")  # fmt: skip
     shape = stage.get("input_shape")
     if shape is not None:
-        text = ",".join(map(str, shape)) if isinstance(shape, list) else shape
-        if not isinstance(text, str):
+        if not isinstance(shape, (str, list)):
             raise PipelineSpecError(f"{at}: input_shape: expected 1,3,224,224, got {shape!r}")
         try:
-            parse_shape(text)
+            parse_shape(str(shape))  # a list's text, [1, 3, 224, 224], parses the same
         except PrunekitError as exc:
             raise PipelineSpecError(f"{at}: input_shape: {exc}") from None
     for key in ("lut", "data"):

@@ -127,9 +127,8 @@ def prepare_stage(stage: dict[str, Any], spec: dict[str, Any], cache: Path | Non
     backend, dtype = str(spec.get("backend", "eager")), str(spec.get("dtype", "float32"))
     batch = int(spec.get("batch_size", 1))
     shape = stage.get("input_shape")
-    if isinstance(shape, list):  # input_shape: [1, 3, 128, 128] as well as 1,3,128,128
-        shape = ",".join(map(str, shape))
-    loaded = pk.load(stage["model"], input_shapes=[parse_shape(shape)] if shape else None,
+    # input_shape: 1,3,128,128 or a list, [1, 3, 128, 128], whose text parses the same
+    loaded = pk.load(stage["model"], input_shapes=[parse_shape(str(shape))] if shape else None,
                      model_kwargs=stage.get("model_kwargs"),
                      trust_code=bool(stage.get("trust_code", False)))  # fmt: skip
     model = loaded.model.eval()

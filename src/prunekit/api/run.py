@@ -186,7 +186,7 @@ def _check_top(data: dict[str, Any], where: str) -> None:
     shape = data.get("input_shape")
     if shape is not None:
         try:
-            parse_shape(",".join(map(str, shape)) if isinstance(shape, list) else str(shape))
+            parse_shape(str(shape))  # a list's text, [1, 3, 8, 8], parses the same
         except PrunekitError as exc:
             raise RecipeError(f"{where}: input_shape: {exc}") from None
 
