@@ -124,13 +124,12 @@ def compress_and_write(
     return report
 
 
-def _dense_weights(arch: Any) -> int:
-    """The dense MLP's weights (its parameters less the biases), what the compressed side's
-    non-zero weights are compared with."""
+def _dense_weights(arch: str) -> int:
+    """The dense MLP's weights (its parameters less the biases) from its report's arch,
+    ``64-16-10``: what the compressed side's non-zero weights are compared with."""
     import itertools
 
-    widths = [int(w) for w in str(arch).split("-")] if not isinstance(arch, list) else arch
-    return sum(a * b for a, b in itertools.pairwise(widths))
+    return sum(a * b for a, b in itertools.pairwise(int(w) for w in arch.split("-")))
 
 
 def print_summary(report: dict[str, Any], out: str) -> None:

@@ -221,8 +221,8 @@ class LatencyTable:
         """Predicted latency (ms) with each named group cut to ``kept[name]`` channels and the
         residual blocks ``dropped`` without their branch; groups not mentioned stay dense.
         Additive: ``base + sum_g (T_g(kept_g) - base) + sum_b (T_b - base)`` (see the module
-        docstring for what that assumes), never below ``PREDICT_FLOOR`` of the dense time. A group that was not profiled (``skipped``) may be
-        named only at its full size."""
+        docstring for what that assumes), never below ``PREDICT_FLOOR`` of the dense time. A
+        group that was not profiled (``skipped``) may be named only at its full size."""
         total = self.base_ms
         for name in dropped:
             if name not in self.blocks:
